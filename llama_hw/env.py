@@ -1,0 +1,91 @@
+"""`llama-hw env`: which accelerator llama_hw will use and why, what it can do, and the versions in play."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+from typing import Any
+
+from llama_hw.backends import AUTO, backend_classes, select_backend
+from llama_hw.utils.imports import cann_version, package_version
+
+VERSIONED_DISTRIBUTIONS = (
+    "torch", "torch-npu", "transformers", "peft", "accelerate", "deepspeed", "fschat",
+    "flash-attn", "bitsandbytes", "safetensors", "datasets",
+)  # fmt: skip
+
+
+def versions() -> dict[str, str | None]:
+    found: dict[str, str | None] = {"python": platform.python_version()}
+    found.update({name: package_version(name) for name in VERSIONED_DISTRIBUTIONS})
+    found["cann"] = cann_version()
+    return found
+
+
+def collect(device: str | None = None) -> dict[str, Any]:
+    selection = select_backend(device)
+    return {
+        "backend": selection.backend.name,
+        "reason": selection.reason,
+        "selected": selection.backend.describe(),
+        "backends": [cls().describe() for cls in backend_classes().values()],
+        "versions": versions(),
+        "host": platform.node(),
+    }
+
+
+def render(report: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(highlight=False, markup=False)
+    chosen = report["selected"]
+    console.print(f"backend: {report['backend']}  ({report['reason']})", style="bold")
+    details = Table(show_header=False, box=None, pad_edge=False)
+    for key in ("device_name", "device_count", "precisions", "dist_backend", "deepspeed_accelerator",
+                "visible_devices_env"):  # fmt: skip
+        value = chosen.get(key)
+        details.add_row(key, ", ".join(value) if isinstance(value, list) else str(value))
+    peaks = ", ".join(
+        f"{precision} {value:.3g}" if value is not None else f"{precision} unknown"
+        for precision, value in chosen.get("peak_tflops", {}).items()
+    )
+    details.add_row("peak TFLOP/s", peaks)
+    console.print(details)
+
+    backends = Table(title="backends", title_justify="left")
+    backends.add_column("device")
+    backends.add_column("available")
+    backends.add_column("why not", overflow="fold")
+    for info in report["backends"]:
+        backends.add_row(info["name"], "yes" if info["available"] else "no", info["reason"])
+    console.print(backends)
+
+    table = Table(title="versions", title_justify="left")
+    table.add_column("package")
+    table.add_column("version")
+    for name, version in report["versions"].items():
+        table.add_row(name, version or "-")
+    console.print(table)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="llama-hw env", description=__doc__)
+    parser.add_argument("--device", default=None, help=f"cpu, cuda, npu or {AUTO} (default: LLAMA_HW_DEVICE or auto)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object for scripts")
+    args = parser.parse_args(argv)
+    report = collect(args.device)
+    if args.json:
+        json.dump(report, sys.stdout, indent=1)
+        print()
+    else:
+        render(report)
+    return 0
+
+
+if __name__ == "__main__":
+    from llama_hw.errors import run_cli
+
+    raise SystemExit(run_cli(main))
