@@ -16,7 +16,7 @@ COMMANDS = {
     "bench": ("llama_hw.bench.recipe", "measure tokens/s/device, MFU and memory; compare runs"),
     "chat": ("llama_hw.chat.recipe", "chat with a trained model or adapter (FastChat CLI)"),
     "data": ("llama_hw.data.recipe", "inspect how conversations are rendered, tokenized and masked"),
-    "export": ("llama_hw.export", "merge a LoRA adapter into its base model"),
+    "export": ("llama_hw.export.recipe", "merge a LoRA adapter into its base model"),
 }
 
 
