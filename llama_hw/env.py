@@ -9,6 +9,7 @@ import sys
 from typing import Any
 
 from llama_hw.backends import AUTO, backend_classes, select_backend
+from llama_hw.patches import describe_patches
 from llama_hw.utils.imports import cann_version, package_version
 
 VERSIONED_DISTRIBUTIONS = (
@@ -33,6 +34,8 @@ def collect(device: str | None = None) -> dict[str, Any]:
         "backends": [cls().describe() for cls in backend_classes().values()],
         "versions": versions(),
         "host": platform.node(),
+        # What the trainer would patch on this backend for a llama model in train mode (LLAMA_HW_PATCHES).
+        "patches": describe_patches(selection.backend, model_type="llama", mode="train"),
     }
 
 
@@ -62,6 +65,15 @@ def render(report: dict[str, Any]) -> None:
     for info in report["backends"]:
         backends.add_row(info["name"], "yes" if info["available"] else "no", info["reason"])
     console.print(backends)
+
+    patches = Table(title="patches (llama, train; LLAMA_HW_PATCHES)", title_justify="left")
+    patches.add_column("patch")
+    patches.add_column("status")
+    patches.add_column("replaces / why not", overflow="fold")
+    for patch in report["patches"]:
+        applies = patch["status"] == "applies"
+        patches.add_row(patch["name"], patch["status"], patch["replaces"] if applies else patch["reason"])
+    console.print(patches)
 
     table = Table(title="versions", title_justify="left")
     table.add_column("package")

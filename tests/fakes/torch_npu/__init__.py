@@ -8,7 +8,9 @@ environment variables so that subprocess tests (the CLI) can use it as well as i
 - FAKE_NPU_COUNT (default 8) and FAKE_NPU_NAME (default Ascend910B3): what `torch.npu` reports.
 
 Importing it does what the real package does to torch: renames the PrivateUse1 device type to "npu"
-(so `torch.device("npu", 0)` parses) and sets `torch.npu` to the device module.
+(so `torch.device("npu", 0)` parses) and sets `torch.npu` to the device module. The fused ops the
+patches call (`npu_fusion_attention`, `npu_scaled_masked_softmax`, `npu_rms_norm`, `npu_rotary_mul`,
+`npu_swiglu`) are module attributes, as in the real package, computed by pure-PyTorch references.
 """
 
 import os
@@ -21,6 +23,13 @@ if os.environ.get("FAKE_TORCH_NPU_FAIL") == "cann":
 __version__ = os.environ.get("FAKE_TORCH_NPU_VERSION", torch.__version__.split("+")[0])
 
 from torch_npu import npu  # noqa: E402
+from torch_npu.reference_ops import (  # noqa: E402, F401
+    npu_fusion_attention,
+    npu_rms_norm,
+    npu_rotary_mul,
+    npu_scaled_masked_softmax,
+    npu_swiglu,
+)
 
 if torch._C._get_privateuse1_backend_name() != "npu":
     torch.utils.rename_privateuse1_backend("npu")

@@ -1,0 +1,58 @@
+"""Plugging an attention implementation into a transformers model, reversibly (shared by the patches).
+
+transformers 5 picks a model's attention function from `AttentionInterface` by `config._attn_implementation`
+and builds its mask with the function registered under the same name in `AttentionMaskInterface`. A name
+registered only in the first gets `attention_mask=None` (masking_utils returns early for unknown names),
+so padding would be silently ignored: a custom implementation registers both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from llama_hw.patches.base import Changes
+
+
+def register_attention(changes: Changes, name: str, attention: Callable, mask: Callable) -> None:
+    """Register `attention` and its `mask` builder under `name` (process-wide, released by the last undo)."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface
+
+    # `register()` writes to the class-level `_global_mapping`, which is also what masking_utils consults.
+    changes.set_shared(AttentionInterface._global_mapping, name, attention)
+    changes.set_shared(AttentionMaskInterface._global_mapping, name, mask)
+
+
+def set_attention_implementation(changes: Changes, model: Any, name: str) -> None:
+    """Switch `model` and its sub-models to `name`; undo restores every config's previous value exactly."""
+    from transformers import PreTrainedModel
+
+    configs = {id(m.config): m.config for m in model.modules() if isinstance(m, PreTrainedModel)}
+    for config in configs.values():
+        changes.set(config, "_attn_implementation_internal", config._attn_implementation_internal)
+    model.set_attn_implementation(name)
+
+
+def attend_mask(*, allow_is_causal_skip: bool = True, **mask_arguments: Any) -> torch.Tensor | None:
+    """transformers' sdpa mask (bool [B, 1, Sq, Skv], True = attend; None = plain causal), with query rows
+    that see no key at all (left padding) opened to every key.
+
+    Those rows belong to padding: their output is discarded, but a row with every key masked is undefined
+    on the device ("invalid rows" in the npu_fusion_attention docs). Padding, packed sequences (position_ids
+    restarting, no attention_mask) and KV-cache offsets all come from transformers' mask functions.
+    """
+    from transformers.masking_utils import sdpa_mask
+
+    mask = sdpa_mask(allow_is_causal_skip=allow_is_causal_skip, **mask_arguments)
+    if mask is None:
+        return None
+    return mask | ~mask.any(dim=-1, keepdim=True)
+
+
+def materialised_attend_mask(**mask_arguments: Any) -> torch.Tensor | None:
+    """`attend_mask`, never skipped for plain causal attention (for kernels without a causal mode)."""
+    mask_arguments["allow_is_causal_skip"] = False
+    return attend_mask(**mask_arguments)
