@@ -137,9 +137,10 @@ def apply_adapter(model, adapter: Path, merge: bool):
     try:
         peft_model = PeftModel.from_pretrained(model, str(adapter), is_trainable=False)
     except (RuntimeError, ValueError, KeyError) as err:
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()] or [type(err).__name__]
+        detail = next((line for line in lines if "mismatch" in line), lines[0])  # the size, not the preamble
         raise UsageError(
-            f"--adapter {adapter} does not match the base model ({first_line[:300]}); pass the base model it "
+            f"--adapter {adapter} does not match the base model ({detail[:300]}); pass the base model it "
             "was trained on as --model-path"
         ) from err
     # peft loads with strict=False: weights for layers the base does not have are dropped silently.
@@ -157,7 +158,7 @@ def apply_adapter(model, adapter: Path, merge: bool):
 
 
 def load_model(
-    model_path: str | os.PathLike,
+    model_path: str | os.PathLike | ModelSource,
     backend: Backend,
     *,
     adapter: str | os.PathLike | None = None,
@@ -169,7 +170,8 @@ def load_model(
 ):
     """A causal LM ready for generation (eval mode) on `backend`.
 
-    model_path: a model directory, or a LoRA adapter directory whose base model is recorded.
+    model_path: a model directory, a LoRA adapter directory whose base model is recorded, or a
+        ModelSource from resolve_model_source (then `adapter` must be None).
     adapter: a LoRA adapter directory to apply on load (merged into the weights unless merge_adapter=False).
     precision: "fp32" / "bf16" / "fp16"; default the backend's fastest (`backend.default_precision()`).
     num_devices: spread the layers over this many devices with a device_map (accelerate "auto"),
@@ -177,7 +179,12 @@ def load_model(
     """
     from transformers import AutoModelForCausalLM
 
-    source = resolve_model_source(model_path, adapter)
+    if isinstance(model_path, ModelSource):
+        if adapter is not None:
+            raise ValueError("pass the adapter inside the ModelSource, not next to it")
+        source = model_path
+    else:
+        source = resolve_model_source(model_path, adapter)
     kwargs = {
         "dtype": inference_dtype(backend, precision),
         "trust_remote_code": trust_remote_code,
