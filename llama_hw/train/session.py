@@ -1,0 +1,287 @@
+"""Build a training run from a TrainConfig, run it, save it: the API behind `python -m llama_hw.train`.
+
+    config = parse_args(argv)                 # llama_hw.train.config
+    session = build_session(config)           # backend, checks, patches, data, model, Trainer
+    result = session.run()                    # resume, train, save atomically, predict (cls)
+
+Everything a user can get wrong is checked before anything heavy (model loading, tokenization) starts.
+The launcher and the benchmark build on `build_session` (extra Trainer callbacks go in `callbacks`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from llama_hw.backends import Backend, select_backend
+from llama_hw.errors import UsageError
+from llama_hw.train.checkpointing import check_output_dir, clear_previous_run, resolve_resume
+from llama_hw.train.config import TrainConfig, training_defaults
+from llama_hw.train.deepspeed import init_deepspeed_distributed, load_deepspeed_config, zero_stage
+from llama_hw.train.finetuning import ParameterCount, apply_finetuning, count_parameters
+from llama_hw.train.fsdp import FsdpPlan, fsdp_plan
+from llama_hw.train.model import (
+    check_model_dir,
+    check_qlora_environment,
+    compute_dtype,
+    fit_embeddings_to_tokenizer,
+    load_training_model,
+)
+from llama_hw.utils import distributed
+
+
+@dataclass
+class Parallelism:
+    """How the run is spread over processes: DDP, DeepSpeed ZeRO or FSDP2 (and which FSDP engine)."""
+
+    world_size: int
+    deepspeed: dict[str, Any] | None = None
+    fsdp: FsdpPlan | None = None
+    fsdp_at_load: bool = False  # transformers shards while loading (Trainer on the host CPU)
+
+    def describe(self) -> str:
+        if self.deepspeed:
+            stage = zero_stage(self.deepspeed)
+            return f"DeepSpeed ZeRO-{stage}" + (" (offload)" if "offload" in str(self.deepspeed) else "")
+        if self.fsdp:
+            engine = "transformers, sharded at load" if self.fsdp_at_load else "accelerate"
+            return f"FSDP2 ({engine})"
+        return "DDP" if self.world_size > 1 else "single process"
+
+
+@dataclass
+class TrainingSession:
+    config: TrainConfig
+    backend: Backend
+    backend_reason: str
+    parallelism: Parallelism
+    trainer: Any  # LlamaHwTrainer
+    tokenizer: Any
+    model_dir: Path
+    resume_from: Path | None
+    parameters: ParameterCount
+    patch_report: Any
+    data: Any  # SftData from llama_hw.data, or ClsData
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.trainer.args.output_dir)
+
+    @property
+    def is_main(self) -> bool:
+        return self.trainer.args.process_index == 0
+
+    def banner(self) -> str:
+        args = self.trainer.args
+        precision = "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32"
+        lines = [
+            f"llama_hw train: {self.backend.name} ({self.backend_reason}), {self.parallelism.world_size} "
+            f"process(es), {precision}, {self.parallelism.describe()}",
+            f"  model: {self.model_dir} ({self.config.model.task}, {self.config.finetuning.finetuning_type}): "
+            f"{self.parameters.describe()}",
+            f"  data: {describe_data(self.data)}",
+            f"  output: {self.output_dir}; "
+            + (f"resuming from {self.resume_from}" if self.resume_from else "starting fresh"),
+        ]
+        lines += [f"  note: {note}" for note in self.notes]
+        lines.append(self.patch_report.render())
+        return "\n".join(lines)
+
+    def metadata(self, result) -> dict[str, Any]:
+        """What `llama_hw.json` records: chat reads the template and the base model from it."""
+        from llama_hw import __version__
+
+        sft = self.config.model.task == "sft"
+        fields = {
+            "template": self.config.data.template if sft else "raw",
+            "base_model": str(self.model_dir.resolve()),
+            "finetuning_type": self.config.finetuning.finetuning_type,
+            "task": self.config.model.task,
+            "model_max_length": self.config.model.model_max_length,
+            "global_step": result.global_step,
+            "train_loss": result.training_loss,
+            "device": self.backend.name,
+            "world_size": self.parallelism.world_size,
+            "parallelism": self.parallelism.describe(),
+            "llama_hw_version": __version__,
+        }
+        if not sft:  # export rebuilds the classification head of a LoRA run from these
+            fields.update(labels=self.data.labels.config_fields(), pad_token_id=self.tokenizer.pad_token_id)
+        return fields
+
+    def train(self):
+        """Train (resuming when there is a checkpoint to resume from); returns Trainer's TrainOutput."""
+        if self.is_main and self.resume_from is None:
+            clear_previous_run(self.output_dir, overwrite=self.config.run.overwrite_output_dir)
+        self.trainer.accelerator.wait_for_everyone()
+        return self.trainer.train(resume_from_checkpoint=str(self.resume_from) if self.resume_from else None)
+
+    def run(self):
+        """Train, save the model atomically, and for `--task cls --do_predict` write predictions."""
+        if self.is_main:
+            print(self.banner(), flush=True)
+        result = self.train()
+        self.trainer.save_final(self.metadata(result))
+        if self.config.model.task == "cls" and self.trainer.args.do_predict:
+            from llama_hw.train.cls_task import predict_and_write
+
+            predict_and_write(self.trainer, self.data, self.output_dir / "predictions.jsonl", self.is_main)
+        return result
+
+
+def describe_data(data) -> str:
+    stats = getattr(data, "stats", None)
+    if stats is None:
+        return "?"
+    render = getattr(stats, "render", None)
+    if callable(render):
+        return render()
+    if isinstance(stats, dict):
+        return ", ".join(f"{key} {value}" for key, value in stats.items())
+    return str(stats)
+
+
+def check_combinations(config: TrainConfig, backend: Backend, deepspeed: dict | None, fsdp: FsdpPlan | None) -> None:
+    """Flag combinations that cannot work, refused before anything loads."""
+    finetuning = config.finetuning.finetuning_type
+    if deepspeed and fsdp:
+        raise UsageError("--deepspeed and --fsdp both shard the model; choose one")
+    if finetuning == "qlora":
+        if zero_stage(deepspeed) == 3:
+            raise UsageError("--finetuning_type qlora does not work with ZeRO-3 (4-bit weights cannot be "
+                             "partitioned); use --deepspeed zero2 or --finetuning_type lora")
+        if fsdp:
+            raise UsageError("--finetuning_type qlora does not work with --fsdp; use --deepspeed zero2")
+        check_qlora_environment(backend)
+    training = config.training
+    for precision in ("bf16", "fp16"):
+        if training.get(precision) or training.get(f"{precision}_full_eval"):
+            backend.check_precision(precision)
+    if config.finetuning.lora_weight_path and not (Path(config.finetuning.lora_weight_path) / "adapter_config.json").is_file():
+        raise UsageError(f"--lora_weight_path {config.finetuning.lora_weight_path} is not a LoRA adapter "
+                         "directory (no adapter_config.json)")
+    if config.model.task == "cls" and training.get("do_predict") and not config.data.eval_data_path:
+        raise UsageError("--do_predict needs --eval_data_path: the records to predict")
+
+
+def training_arguments(config: TrainConfig, backend: Backend, parallelism: Parallelism, notes: list[str]):
+    """TrainingArguments from the user's flags plus what the backend needs (the user's values win)."""
+    from transformers import TrainingArguments
+    from transformers.utils import is_torch_tf32_available
+
+    kwargs = dict(config.training)
+    defaults = training_defaults()
+    for key, value in backend.trainer_arguments(parallelism.world_size).items():
+        if kwargs.get(key) == defaults.get(key):
+            kwargs[key] = value
+    if kwargs.get("tf32") and not is_torch_tf32_available():
+        notes.append(f"--tf32 True ignored: TF32 needs an NVIDIA GPU of compute capability 8.0+, this run "
+                     f"uses {backend.name}")
+        kwargs["tf32"] = None
+    if kwargs.get("remove_unused_columns") == defaults["remove_unused_columns"]:
+        kwargs["remove_unused_columns"] = False  # the data pipeline's collator decides what the model sees
+    kwargs["deepspeed"] = parallelism.deepspeed
+    kwargs.update(fsdp=None, fsdp_config=None)
+    if parallelism.fsdp is not None and not parallelism.fsdp_at_load:
+        kwargs.update(parallelism.fsdp.trainer_arguments())
+    if parallelism.fsdp_at_load and kwargs.get("save_strategy") != "no" and not kwargs.get("save_only_model"):
+        notes.append("FSDP2 sharded at load time: checkpoints hold the model only (transformers cannot "
+                     "checkpoint its optimizer), so a resume restarts the optimizer state")
+        kwargs["save_only_model"] = True
+    try:
+        return TrainingArguments(**kwargs)
+    except (ValueError, TypeError) as err:
+        raise UsageError(str(err).strip().splitlines()[0]) from err
+
+
+def build_data(config: TrainConfig, tokenizer):
+    if config.model.task == "cls":
+        from llama_hw.train.cls_task import build_cls_data
+
+        return build_cls_data(
+            config.data.data_path, config.data.eval_data_path, tokenizer,
+            max_length=config.model.model_max_length, num_labels=config.model.num_labels,
+            pad_to_multiple_of=getattr(config.data, "pad_to_multiple_of", None),
+        )
+    from llama_hw.data import build_sft_data
+
+    return build_sft_data(config.data, tokenizer, config.model.model_max_length)
+
+
+def build_session(config: TrainConfig, callbacks: list | tuple = ()) -> TrainingSession:
+    """Everything up to the first training step. Raises UsageError / DataError / DeviceUnavailable."""
+    from llama_hw.data import load_tokenizer
+    from llama_hw.patches import apply_patches
+    from llama_hw.train.trainer import LlamaHwTrainer
+
+    selection = select_backend(config.run.device)
+    backend = selection.backend
+    notes = list(config.notes)
+    model_dir = check_model_dir(config.model.model_name_or_path)
+    deepspeed = load_deepspeed_config(config.training.get("deepspeed"))
+    fsdp = fsdp_plan(config.training.get("fsdp"), config.training.get("fsdp_config"),
+                     config.run.fsdp_transformer_layer_cls_to_wrap)
+    check_combinations(config, backend, deepspeed, fsdp)
+    world_size = distributed.world_size()
+    if fsdp is not None and world_size == 1:
+        notes.append("--fsdp ignored: sharding needs more than one process (start with llama_hw.launch or torchrun)")
+        fsdp = None
+    backend_wants_host = backend.trainer_arguments(world_size).get("use_cpu", False)
+    parallelism = Parallelism(world_size, deepspeed, fsdp, fsdp_at_load=fsdp is not None and backend_wants_host)
+
+    output_dir = Path(config.training["output_dir"])
+    overwrite = config.run.overwrite_output_dir
+    resume_from = resolve_resume(config.training.get("resume_from_checkpoint"), output_dir, overwrite=overwrite)
+    check_output_dir(output_dir, resume_from, overwrite=overwrite)
+
+    # Process-level patches first: on Ascend they prepare DeepSpeed before it starts.
+    apply_patches(None, backend, mode="train", selection=config.run.patches)
+    distributed.init_process_group(backend)
+    if deepspeed and world_size > 1:
+        init_deepspeed_distributed(backend)
+    args = training_arguments(config, backend, parallelism, notes)
+
+    tokenizer = load_tokenizer(str(model_dir), model_max_length=config.model.model_max_length,
+                               padding_side=config.model.padding_side,
+                               trust_remote_code=config.model.trust_remote_code)
+    with args.main_process_first(local=False, desc="tokenizing the data"):
+        data = build_data(config, tokenizer)
+
+    model = load_training_model(
+        config.model, model_dir,
+        finetuning_type=config.finetuning.finetuning_type,
+        dtype=compute_dtype(args.fp16, args.bf16),
+        backend=backend,
+        local_rank=distributed.local_rank(),
+        labels=data.labels.config_fields() if config.model.task == "cls" else None,
+        distributed_config=fsdp.load_time_config(world_size) if parallelism.fsdp_at_load else None,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    if not parallelism.fsdp_at_load:
+        fit_embeddings_to_tokenizer(model, tokenizer)
+    model = apply_finetuning(model, config.finetuning, task=config.model.task,
+                             gradient_checkpointing=bool(args.activation_checkpointing))
+    patch_report = apply_patches(model, backend, mode="train", selection=config.run.patches)
+
+    compute_metrics = None
+    if config.model.task == "cls":
+        from llama_hw.train.cls_task import metrics_function
+
+        compute_metrics = metrics_function(data.labels)
+    trainer = LlamaHwTrainer(
+        model=model,
+        args=args,
+        train_dataset=data.train_dataset,
+        eval_dataset=data.eval_dataset,
+        data_collator=data.data_collator,
+        processing_class=tokenizer,
+        compute_metrics=compute_metrics,
+        callbacks=list(callbacks),
+    )
+    return TrainingSession(
+        config=config, backend=backend, backend_reason=selection.reason, parallelism=parallelism,
+        trainer=trainer, tokenizer=tokenizer, model_dir=model_dir, resume_from=resume_from,
+        parameters=count_parameters(model), patch_report=patch_report, data=data, notes=notes,
+    )
