@@ -42,6 +42,19 @@ def compressed_causal_mask(device: torch.device) -> torch.Tensor:
     return _compressed_masks[device]
 
 
+def same_dtype(query, key, value):
+    """q, k, v in one dtype, as the kernel requires: the autocast dtype when autocast is on (what sdpa would
+    compute in; rotary embedding may have promoted q and k to float32), else their common promotion."""
+    if query.dtype == key.dtype == value.dtype:
+        return query, key, value
+    device_type = query.device.type
+    if torch.is_autocast_enabled(device_type):
+        dtype = torch.get_autocast_dtype(device_type)
+    else:
+        dtype = torch.promote_types(torch.promote_types(query.dtype, key.dtype), value.dtype)
+    return query.to(dtype), key.to(dtype), value.to(dtype)
+
+
 def fusion_attention(torch_npu):
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
@@ -53,6 +66,7 @@ def fusion_attention(torch_npu):
                 module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, is_causal=is_causal,
                 **kwargs,
             )  # fmt: skip
+        query, key, value = same_dtype(query, key, value)
         is_causal = getattr(module, "is_causal", True) if is_causal is None else is_causal
         mask_arguments = {}
         if attention_mask is not None:

@@ -106,7 +106,10 @@ def fits_rotary_mul(x, unsqueeze_dim: int) -> bool:
 def rotary_function(torch_npu, original):
     @functools.wraps(original)
     def apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=1):
-        if not (fits_rotary_mul(q, unsqueeze_dim) and fits_rotary_mul(k, unsqueeze_dim)):
+        # Under autocast q and k (bf16/fp16) differ from cos and sin (the residual stream's dtype); the
+        # kernel wants one dtype, the original promotes.
+        same_dtype = q.dtype == k.dtype == cos.dtype == sin.dtype
+        if not (same_dtype and fits_rotary_mul(q, unsqueeze_dim) and fits_rotary_mul(k, unsqueeze_dim)):
             return original(q, k, cos, sin, unsqueeze_dim)
         cos, sin = cos.unsqueeze(unsqueeze_dim), sin.unsqueeze(unsqueeze_dim)
         return torch_npu.npu_rotary_mul(q, cos, sin), torch_npu.npu_rotary_mul(k, cos, sin)
