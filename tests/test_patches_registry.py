@@ -217,6 +217,8 @@ def test_a_list_of_names_and_exclusions_choose_patches(npu, model, monkeypatch):
     report = apply_patches(model, npu, "train", selection="all,-npu_fusion_attention")  # the argument wins
     report.revert()
     assert "npu_fusion_attention" not in report.applied and "npu_fused_softmax" in report.applied
+    assert outcome(report, "npu_fusion_attention").reason == "turned off by selection=all,-npu_fusion_attention"
+    assert report.render().splitlines()[0].endswith("; selection=all,-npu_fusion_attention):")
 
 
 @pytest.mark.parametrize("selection", ["npu_rms_nrom", "none,npu_swiglu"])

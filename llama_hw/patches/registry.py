@@ -41,9 +41,9 @@ def registered_patches() -> tuple[Patch, ...]:
     return tuple(sorted(found.values(), key=lambda patch: (patch.order, patch.name)))
 
 
-def resolve_selection(selection: str | None) -> tuple[str, frozenset[str]]:
-    """(the text in effect, the selected names) for "all" | "none" | "a,b" | "all,-a" (or just "-a")."""
-    source = f"{PATCHES_ENV}" if selection is None else "the patch selection"
+def resolve_selection(selection: str | None) -> tuple[str, str, frozenset[str]]:
+    """(where it came from, the text in effect, the selected names) for "all" | "none" | "a,b" | "all,-a"."""
+    source = PATCHES_ENV if selection is None else "selection"
     text = (os.environ.get(PATCHES_ENV, "") if selection is None else selection).strip() or "all"
     valid = [patch.name for patch in registered_patches()]
     items = [item.strip() for item in text.split(",") if item.strip()]
@@ -57,9 +57,9 @@ def resolve_selection(selection: str | None) -> tuple[str, frozenset[str]]:
             "(prefix a name with '-' to leave it out of all)."
         )
     if included == {"none"}:
-        return text, frozenset()
+        return source, text, frozenset()
     chosen = set(valid) if "all" in included or not included else included
-    return text, frozenset(chosen - excluded)
+    return source, text, frozenset(chosen - excluded)
 
 
 def base_model(model: Any) -> Any:
@@ -68,9 +68,9 @@ def base_model(model: Any) -> Any:
     return get_base_model() if callable(get_base_model) else model
 
 
-def _skip_reason(patch: Patch, ctx: PatchContext, selected: frozenset[str], selection: str) -> str | None:
+def _skip_reason(patch: Patch, ctx: PatchContext, selected: frozenset[str], turned_off: str) -> str | None:
     if patch.name not in selected:
-        return f"turned off by {PATCHES_ENV}={selection}"
+        return turned_off
     if ctx.mode not in patch.modes:
         return f"for {' / '.join(patch.modes)} only"
     if patch.scope == "model" and patch.model_types is not None and ctx.model_type not in patch.model_types:
@@ -100,7 +100,8 @@ def apply_patches(model: Any, backend: Backend, mode: str = "train", *, selectio
     A patch that fails to apply rolls back the ones this call applied, then its error propagates.
     """
     _check_mode(mode)
-    text, selected = resolve_selection(selection)
+    source, text, selected = resolve_selection(selection)
+    turned_off = f"turned off by {source}={text}"
     target = None if model is None else base_model(model)
     model_type = None if target is None else getattr(target.config, "model_type", None)
     ctx = PatchContext(backend=backend, mode=mode, model=target, model_type=model_type)
@@ -119,7 +120,7 @@ def apply_patches(model: Any, backend: Backend, mode: str = "train", *, selectio
                 outcomes.append(PatchOutcome(patch.name, patch.scope, APPLIED, patch.replaces, "already applied"))
                 applied.append(patch)
                 continue
-            reason = _skip_reason(patch, ctx, selected, text)
+            reason = _skip_reason(patch, ctx, selected, turned_off)
             if reason is not None:
                 outcomes.append(PatchOutcome(patch.name, patch.scope, SKIPPED, patch.replaces, reason))
                 continue
@@ -132,7 +133,8 @@ def apply_patches(model: Any, backend: Backend, mode: str = "train", *, selectio
         _revert(applied, active_for)
         raise
     return PatchReport(
-        backend=backend.name, mode=mode, model_type=model_type, selection=text, outcomes=outcomes,
+        backend=backend.name, mode=mode, model_type=model_type, selection=text, selection_source=source,
+        outcomes=outcomes,
         _revert=functools.partial(_revert, applied, active_for),
     )  # fmt: skip
 
@@ -152,13 +154,14 @@ def describe_patches(backend: Backend, model_type: str | None = "llama", mode: s
     report at start is the final word.
     """
     _check_mode(mode)
-    text, selected = resolve_selection(selection)
+    source, text, selected = resolve_selection(selection)
+    turned_off = f"turned off by {source}={text}"
     ctx = PatchContext(backend=backend, mode=mode, model=None, model_type=model_type)
     described = []
     for patch in registered_patches():
         if not _serves(patch, backend, model_type is not None):
             continue
-        reason = _skip_reason(patch, ctx, selected, text)
+        reason = _skip_reason(patch, ctx, selected, turned_off)
         if reason is None:
             ctx.applied.add(patch.name)
         described.append({

@@ -27,6 +27,7 @@ class PatchReport:
     mode: str
     model_type: str | None
     selection: str  # the LLAMA_HW_PATCHES value or `selection` argument in effect
+    selection_source: str  # "LLAMA_HW_PATCHES" or "selection" (the argument)
     outcomes: list[PatchOutcome]
     _revert: Callable[[], None] | None = None
 
@@ -49,12 +50,13 @@ class PatchReport:
             "mode": self.mode,
             "model_type": self.model_type,
             "selection": self.selection,
+            "selection_source": self.selection_source,
             "patches": [asdict(outcome) for outcome in self.outcomes],
         }
 
     def render(self) -> str:
         target = self.model_type or "no model"
-        lines = [f"patches ({self.backend}, {target}, {self.mode}; LLAMA_HW_PATCHES={self.selection}):"]
+        lines = [f"patches ({self.backend}, {target}, {self.mode}; {self.selection_source}={self.selection}):"]
         if not self.outcomes:
             lines.append("  (none for this backend)")
         width = max((len(o.name) for o in self.outcomes), default=0)
