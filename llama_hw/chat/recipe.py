@@ -16,6 +16,7 @@ import contextlib
 import difflib
 import io
 import sys
+import warnings
 from collections.abc import Iterator
 
 from llama_hw.backends import AUTO, PRECISIONS, Backend, select_backend
@@ -99,8 +100,8 @@ def read_prompt(args: argparse.Namespace) -> str | None:
 
 
 @contextlib.contextmanager
-def quiet_transformers(verbose: bool) -> Iterator[None]:
-    """Keep transformers' loading bars and warnings out of the conversation unless --verbose."""
+def quiet_libraries(verbose: bool) -> Iterator[None]:
+    """Keep loading bars, library warnings and deprecation notices out of the conversation unless --verbose."""
     from transformers.utils import logging as hf_logging
 
     verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
@@ -108,7 +109,11 @@ def quiet_transformers(verbose: bool) -> Iterator[None]:
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()
     try:
-        yield
+        with warnings.catch_warnings():
+            if not verbose:
+                warnings.simplefilter("ignore", FutureWarning)
+                warnings.simplefilter("ignore", DeprecationWarning)
+            yield
     finally:
         hf_logging.set_verbosity(verbosity)
         if bars:
@@ -141,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     from llama_hw.patches import apply_patches
     from llama_hw.patches.fastchat_compat import context_length, serve_model
 
-    with quiet_transformers(args.verbose):
+    with quiet_libraries(args.verbose):
         model = load_model(source, backend, precision=args.precision, num_devices=args.num_devices,
                            trust_remote_code=args.trust_remote_code)
         tokenizer = load_tokenizer(str(source.tokenizer_dir), trust_remote_code=args.trust_remote_code)
