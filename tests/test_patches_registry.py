@@ -374,3 +374,12 @@ def test_llama_hw_env_lists_the_patches_of_the_selected_backend(tmp_path):
     assert "sdpa_attention" not in patches  # CUDA / CPU patches are not listed for an NPU
     result = run_env(tmp_path, FAKE_NPU_NAME="Ascend910A", LLAMA_HW_PATCHES="npu_swiglu,bogus")
     assert result.returncode == 2 and "unknown patch 'bogus' in LLAMA_HW_PATCHES" in result.stderr
+
+
+def test_a_failing_patch_leaves_what_an_earlier_call_applied_in_place(npu, old_deepspeed):
+    inference = apply_patches(None, npu, "infer")  # compile mode off, no DeepSpeed patch in inference
+    with pytest.raises(DeviceUnavailable):
+        apply_patches(None, npu, "train")
+    assert torch.npu.is_jit_compile_false()
+    inference.revert()
+    assert not torch.npu.is_jit_compile_false()

@@ -109,7 +109,8 @@ def apply_patches(model: Any, backend: Backend, mode: str = "train", *, selectio
     if target is not None:
         active_for["model"] = _MODEL_ACTIVE.setdefault(target, {})
     outcomes: list[PatchOutcome] = []
-    applied: list[Patch] = []
+    applied: list[Patch] = []  # what this report reverts, including patches an earlier call applied
+    newly_applied: list[Patch] = []  # what a failure rolls back
     try:
         for patch in registered_patches():
             if not _serves(patch, backend, target is not None):
@@ -125,12 +126,13 @@ def apply_patches(model: Any, backend: Backend, mode: str = "train", *, selectio
                 outcomes.append(PatchOutcome(patch.name, patch.scope, SKIPPED, patch.replaces, reason))
                 continue
             active[patch.name] = patch.apply(ctx)
+            newly_applied.append(patch)
             ctx.applied.add(patch.name)
             note = "" if patch.reversible else "stays for the life of the process"
             outcomes.append(PatchOutcome(patch.name, patch.scope, APPLIED, patch.replaces, note))
             applied.append(patch)
     except BaseException:
-        _revert(applied, active_for)
+        _revert(newly_applied, active_for)
         raise
     return PatchReport(
         backend=backend.name, mode=mode, model_type=model_type, selection=text, selection_source=source,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 APPLIED = "applied"
@@ -29,7 +29,7 @@ class PatchReport:
     selection: str  # the LLAMA_HW_PATCHES value or `selection` argument in effect
     selection_source: str  # "LLAMA_HW_PATCHES" or "selection" (the argument)
     outcomes: list[PatchOutcome]
-    _revert: Callable[[], None] | None = None
+    _revert: Callable[[], None] | None = field(default=None, repr=False, compare=False)
 
     @property
     def applied(self) -> list[str]:
