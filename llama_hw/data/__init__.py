@@ -1,0 +1,50 @@
+"""Conversation data for supervised fine-tuning: read, validate, render, tokenize, mask, batch, pack.
+
+Names are imported on first use (PEP 562), so `llama-hw data inspect` rejects a bad record before
+torch, transformers or datasets are loaded. The public API:
+
+    tokenizer = load_tokenizer(path, model_max_length=None, padding_side="right", trust_remote_code=False)
+    sft = build_sft_data(DataArguments(data_path=...), tokenizer, model_max_length)  # -> SFTData
+    encode_conversation([{"role": "user", "content": ...}, ...], tokenizer, "vicuna_v1.1", max_length)
+    make_collator("max" | "dynamic" | "packed", tokenizer, model_max_length, pad_to_multiple_of=None)
+    pack_sequences(dataset, max_length)
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+_EXPORTS = {
+    "DataArguments": "sft",
+    "SFTData": "sft",
+    "build_sft_data": "sft",
+    "load_tokenizer": "tokenizer",
+    "encode_conversation": "encode",
+    "encode_conversations": "encode",
+    "Encoded": "encode",
+    "IGNORE_INDEX": "encode",
+    "make_collator": "collate",
+    "pack_sequences": "packing",
+    "get_template": "templates",
+    "read_records": "formats",
+    "DataStats": "stats",
+}
+
+__all__ = sorted(_EXPORTS)
+
+if TYPE_CHECKING:
+    from llama_hw.data.collate import make_collator
+    from llama_hw.data.encode import IGNORE_INDEX, Encoded, encode_conversation, encode_conversations
+    from llama_hw.data.formats import read_records
+    from llama_hw.data.packing import pack_sequences
+    from llama_hw.data.sft import DataArguments, SFTData, build_sft_data
+    from llama_hw.data.stats import DataStats
+    from llama_hw.data.templates import get_template
+    from llama_hw.data.tokenizer import load_tokenizer
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'llama_hw.data' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"llama_hw.data.{_EXPORTS[name]}"), name)

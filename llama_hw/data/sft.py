@@ -1,0 +1,159 @@
+"""The supervised fine-tuning data a Trainer needs: datasets, collator and statistics, from FastChat flags."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from llama_hw.data.cache import DatasetCache, cache_key
+from llama_hw.data.collate import DropUntrainable, make_collator
+from llama_hw.data.formats import Records, read_records, require_files
+from llama_hw.data.packing import pack_sequences
+from llama_hw.data.stats import DataStats
+from llama_hw.data.templates import DEFAULT_TEMPLATE, Template, get_template
+from llama_hw.data.tokenizer import tokenizer_fingerprint
+from llama_hw.errors import DataError, UsageError
+
+
+@dataclass
+class DataArguments:
+    """Data flags, parsed by transformers.HfArgumentParser next to TrainingArguments (FastChat's names)."""
+
+    data_path: str = field(
+        metadata={
+            "help": "Training data: a JSON / JSONL file, or several separated by commas. Each file's format is "
+            "detected: ShareGPT (conversations with from/value), OpenAI (messages with role/content) or "
+            "alpaca (instruction/input/output)."
+        }
+    )
+    eval_data_path: str | None = field(
+        default=None, metadata={"help": "Evaluation data, same formats as --data_path."}
+    )
+    lazy_preprocess: bool = field(
+        default=False,
+        metadata={
+            "help": "FastChat's flag. Default (off): every record is tokenized up front, in parallel, and cached "
+            "on disk, so later runs start at once and statistics are exact. On: records are rendered and "
+            "tokenized when first read (FastChat's meaning); no disk cache, token statistics unknown, and "
+            "records with no trainable token are removed per batch. Not with --packing."
+        },
+    )
+    template: str = field(
+        default=DEFAULT_TEMPLATE,
+        metadata={
+            "help": "Conversation template: any FastChat template name (vicuna_v1.1, llama-2, alpaca, ...) or "
+            "'tokenizer' for the tokenizer's own chat_template."
+        },
+    )
+    on_bad_record: str = field(
+        default="error",
+        metadata={
+            "help": "What an invalid record does: 'error' stops with its file, index and rule (exit code 2); "
+            "'skip' leaves it out and counts it per rule.",
+            "choices": ["error", "skip"],
+        },
+    )
+    packing: bool = field(
+        default=False,
+        metadata={
+            "help": "Pack several conversations into each row of up to model_max_length tokens, attention kept "
+            "within each conversation (per-sequence position ids). Removes padding work."
+        },
+    )
+    pad_to_multiple_of: int | None = field(
+        default=None, metadata={"help": "Pad each batch's length up to a multiple of this (8 for tensor cores)."}
+    )
+    preprocessing_num_workers: int | None = field(
+        default=None,
+        metadata={
+            "help": "Processes that tokenize (datasets.map num_proc). Default: one process, which already uses "
+            "every core inside the Rust tokenizer; more help on very large data sets."
+        },
+    )
+    data_cache: bool = field(
+        default=True,
+        metadata={
+            "help": "Cache tokenized data under $LLAMA_HW_CACHE_DIR (default ~/.cache/llama_hw); "
+            "--no_data_cache tokenizes every time and writes nothing."
+        },
+    )
+
+
+@dataclass
+class SFTData:
+    train_dataset: object  # datasets.Dataset (eager) or LazySFTDataset
+    eval_dataset: object | None
+    data_collator: Callable
+    stats: DataStats
+    eval_stats: DataStats | None
+    template: Template
+
+
+def build_sft_data(args: DataArguments, tokenizer, model_max_length: int) -> SFTData:
+    """Read, validate, tokenize (cached), mask, drop, and optionally pack the train / eval data."""
+    if args.lazy_preprocess and args.packing:
+        raise UsageError("--packing needs every length up front; drop --lazy_preprocess")
+    template = get_template(args.template, tokenizer)
+    train, stats = prepare_split(args.data_path, args, tokenizer, template, model_max_length)
+    evaluation, eval_stats = (None, None)
+    if args.eval_data_path:
+        evaluation, eval_stats = prepare_split(args.eval_data_path, args, tokenizer, template, model_max_length)
+    if args.packing:
+        train = pack_sequences(train, model_max_length)
+        stats.packed_rows = len(train)
+        if evaluation is not None:
+            evaluation = pack_sequences(evaluation, model_max_length)
+            eval_stats.packed_rows = len(evaluation)
+    collator = make_collator(
+        "packed" if args.packing else "dynamic", tokenizer, model_max_length, args.pad_to_multiple_of
+    )
+    if args.lazy_preprocess:
+        collator = DropUntrainable(collator)
+    return SFTData(train, evaluation, collator, stats, eval_stats, template)
+
+
+def prepare_split(data_path: str, args: DataArguments, tokenizer, template: Template, model_max_length: int):
+    """(dataset, DataStats) for one comma-separated list of files."""
+    from llama_hw.data.dataset import LazySFTDataset, tokenize_records
+
+    if args.lazy_preprocess:
+        records = read_records(data_path, args.on_bad_record)
+        _require_records(data_path, records)
+        return LazySFTDataset(records, tokenizer, template, model_max_length), DataStats(
+            records=len(records), skipped=dict(records.skipped)
+        )
+
+    def tokenize(fingerprint: str | None):
+        records = read_records(data_path, args.on_bad_record)
+        _require_records(data_path, records)
+        return tokenize_records(
+            records, tokenizer, template, model_max_length, args.preprocessing_num_workers, fingerprint
+        )
+
+    if not args.data_cache:
+        return tokenize(None)
+    key = cache_key(
+        require_files(data_path),
+        {
+            "tokenizer": tokenizer_fingerprint(tokenizer),
+            "template": template.name,
+            "model_max_length": model_max_length,
+            "on_bad_record": args.on_bad_record,
+        },
+    )
+    cache = DatasetCache(key)
+    with cache.lock():
+        cached = cache.load()
+        if cached is None:
+            dataset, stats = tokenize(key)
+            cache.store(dataset, stats.to_dict())
+            cached = cache.load()
+            return cached[0], stats
+    dataset, stats = cached
+    return dataset, DataStats(**{**stats, "from_cache": True})
+
+
+def _require_records(data_path: str, records: Records) -> None:
+    if not len(records):
+        skipped = ", ".join(f"{rule}: {n}" for rule, n in sorted(records.skipped.items()))
+        raise DataError(f"{data_path}: no usable record; skipped {skipped}")
