@@ -107,7 +107,8 @@ def test_tokenizer_chat_template(llama2_tokenizer, dummy_conversations, tmp_path
     for turns in read_records(str(dummy_conversations)).conversations[:40]:
         encoded = encode_conversation([{"role": r, "content": c} for r, c in turns], tokenizer, "tokenizer")
         messages = [{"role": r, "content": c} for r, c in turns]
-        assert encoded.input_ids == tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"]
+        expected = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"]
+        assert encoded.input_ids == expected
         assert encoded.input_ids[0] == tokenizer.bos_token_id != encoded.input_ids[1]
         replies = [c for r, c in turns if r == "assistant"]
         trained = [i for i, label in zip(encoded.input_ids, encoded.labels) if label != IGNORE_INDEX]
@@ -148,3 +149,29 @@ def test_truncation_and_drops_are_counted(llama2_tokenizer, dummy_conversations)
         assert len(row["input_ids"]) <= limit and any(label != IGNORE_INDEX for label in row["labels"])
         assert row["input_ids"] == full[row["record"]].input_ids[:limit]
         assert row["labels"] == full[row["record"]].labels[:limit]
+
+
+def test_every_fastchat_template_that_renders_prompts_trains_only_the_replies(llama2_tokenizer):
+    from fastchat.conversation import conv_templates
+
+    from llama_hw.errors import UsageError
+
+    conversation = [
+        {"role": "user", "content": "What is two plus two?"},
+        {"role": "assistant", "content": "Four, of course."},
+        {"role": "user", "content": "And three plus two?"},
+        {"role": "assistant", "content": "Five."},
+    ]
+    rejected = set()
+    for name in conv_templates:
+        try:
+            encoded = encode_conversation(conversation, llama2_tokenizer, name)
+        except UsageError:
+            rejected.add(name)
+            continue
+        trained = [i for i, label in zip(encoded.input_ids, encoded.labels) if label != IGNORE_INDEX]
+        text = llama2_tokenizer.decode(trained, skip_special_tokens=True)
+        assert "Four, of course." in text and "Five." in text and "plus" not in text, (name, text)
+    # API-only templates have no prompt format; yuan2 rewrites earlier turns as the conversation grows.
+    api_only = {name for name, conv in conv_templates.items() if conv.sep_style is None}
+    assert rejected == api_only | {"yuan2"}

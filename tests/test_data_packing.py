@@ -23,9 +23,9 @@ def one_torch_thread():
 
 @pytest.fixture(scope="module")
 def samples(dummy_conversations, stories_tokenizer):
-    """16 tokenized dummy conversations (199-342 tokens with this 512-piece vocabulary)."""
+    """10 tokenized dummy conversations (199-342 tokens with this 512-piece vocabulary)."""
     sft = build(dummy_conversations, stories_tokenizer, MAX_LENGTH)
-    return sft.train_dataset.select(range(16))
+    return sft.train_dataset.select(range(10))
 
 
 def stories260k(model_dir, attention: str):

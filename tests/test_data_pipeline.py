@@ -99,3 +99,18 @@ def test_inspect_human_view(dummy_conversations, llama2_tokenizer_dir, capsys):
     assert "[INST]" in out and "truncated (struck through)" in out
     for label in ("records", "trained tokens", "truncated", "dropped (no trainable token)", "length p50/p90/p99/max"):
         assert label in out
+
+
+def test_fastchat_flags_parse_with_hf_argument_parser():
+    from transformers import HfArgumentParser
+
+    from llama_hw.data import DataArguments
+
+    (args,) = HfArgumentParser(DataArguments).parse_args_into_dataclasses(
+        ["--data_path", "a.json,b.jsonl", "--lazy_preprocess", "True", "--template", "llama-2", "--packing",
+         "--pad_to_multiple_of", "8", "--on_bad_record", "skip", "--no_data_cache"]  # fmt: skip
+    )
+    assert args == DataArguments(data_path="a.json,b.jsonl", lazy_preprocess=True, template="llama-2", packing=True,
+                                 pad_to_multiple_of=8, on_bad_record="skip", data_cache=False)  # fmt: skip
+    with pytest.raises(SystemExit):
+        HfArgumentParser(DataArguments).parse_args_into_dataclasses(["--data_path", "a", "--on_bad_record", "ignore"])

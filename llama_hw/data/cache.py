@@ -22,7 +22,7 @@ from llama_hw.utils.imports import package_version
 
 CACHE_ENV = "LLAMA_HW_CACHE_DIR"
 STATS_FILE = "llama_hw_stats.json"  # written last: its presence marks a complete entry
-_CODE_MODULES = ("formats.py", "templates.py", "encode.py", "dataset.py", "tokenizer.py")
+_CODE_MODULES = ("formats.py", "templates.py", "encode.py", "dataset.py", "tokenizer.py", "stats.py")
 
 
 def cache_root() -> Path:

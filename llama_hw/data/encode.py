@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from llama_hw.data.formats import RecordError, Turn, normalize_conversation
-from llama_hw.data.templates import Template, get_template
+from llama_hw.data.templates import DEFAULT_TEMPLATE, Template, get_template
 from llama_hw.errors import DataError
 
 IGNORE_INDEX = -100  # what torch's cross_entropy and transformers' losses skip
@@ -78,7 +78,7 @@ def trained_token_mask(offsets: Sequence[tuple[int, int]], spans: Sequence[tuple
 def encode_conversation(
     conversation: Sequence[dict] | Sequence[Turn],
     tokenizer,
-    template: str | Template = "vicuna_v1.1",
+    template: str | Template = DEFAULT_TEMPLATE,
     max_length: int | None = None,
 ) -> Encoded:
     """Render and tokenize ONE conversation: a list of {"role", "content"} or {"from", "value"} dicts.

@@ -24,8 +24,7 @@ from pathlib import Path
 
 from llama_hw.errors import DataError
 
-Turn = tuple[str, str]  # (role, content), role in ROLES
-ROLES = ("system", "user", "assistant")
+Turn = tuple[str, str]  # (role, content), role "system", "user" or "assistant"
 ROLE_ALIASES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
 
 # rule name -> what it checks (the names appear in error messages and in skip counts)

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from llama_hw.data.cache import DatasetCache, cache_key
 from llama_hw.data.collate import DropUntrainable, make_collator
+from llama_hw.data.dataset import LazySFTDataset, tokenize_records
 from llama_hw.data.formats import Records, read_records, require_files
 from llama_hw.data.packing import pack_sequences
 from llama_hw.data.stats import DataStats
@@ -113,47 +114,38 @@ def build_sft_data(args: DataArguments, tokenizer, model_max_length: int) -> SFT
 
 
 def prepare_split(data_path: str, args: DataArguments, tokenizer, template: Template, model_max_length: int):
-    """(dataset, DataStats) for one comma-separated list of files."""
-    from llama_hw.data.dataset import LazySFTDataset, tokenize_records
-
+    """(dataset, DataStats) for one comma-separated list of files, from the cache when it has them."""
     if args.lazy_preprocess:
-        records = read_records(data_path, args.on_bad_record)
-        _require_records(data_path, records)
-        return LazySFTDataset(records, tokenizer, template, model_max_length), DataStats(
-            records=len(records), skipped=dict(records.skipped)
-        )
-
-    def tokenize(fingerprint: str | None):
-        records = read_records(data_path, args.on_bad_record)
-        _require_records(data_path, records)
-        return tokenize_records(
-            records, tokenizer, template, model_max_length, args.preprocessing_num_workers, fingerprint
-        )
-
+        records = _read(data_path, args)
+        stats = DataStats(records=len(records), skipped=dict(records.skipped))
+        return LazySFTDataset(records, tokenizer, template, model_max_length), stats
+    workers = args.preprocessing_num_workers
     if not args.data_cache:
-        return tokenize(None)
-    key = cache_key(
-        require_files(data_path),
-        {
-            "tokenizer": tokenizer_fingerprint(tokenizer),
-            "template": template.name,
-            "model_max_length": model_max_length,
-            "on_bad_record": args.on_bad_record,
-        },
-    )
+        return tokenize_records(_read(data_path, args), tokenizer, template, model_max_length, workers)
+    settings = {
+        "tokenizer": tokenizer_fingerprint(tokenizer),
+        "template": template.name,
+        "model_max_length": model_max_length,
+        "on_bad_record": args.on_bad_record,
+    }
+    key = cache_key(require_files(data_path), settings)
     cache = DatasetCache(key)
     with cache.lock():
         cached = cache.load()
-        if cached is None:
-            dataset, stats = tokenize(key)
-            cache.store(dataset, stats.to_dict())
-            cached = cache.load()
-            return cached[0], stats
-    dataset, stats = cached
-    return dataset, DataStats(**{**stats, "from_cache": True})
+        if cached is not None:
+            dataset, stats = cached
+            return dataset, DataStats(**{**stats, "from_cache": True})
+        dataset, stats = tokenize_records(
+            _read(data_path, args), tokenizer, template, model_max_length, workers, fingerprint=key
+        )
+        cache.store(dataset, stats.to_dict())
+        dataset, _stats = cache.load()  # memory-mapped, as every later run will see it
+        return dataset, stats
 
 
-def _require_records(data_path: str, records: Records) -> None:
+def _read(data_path: str, args: DataArguments) -> Records:
+    records = read_records(data_path, args.on_bad_record)
     if not len(records):
         skipped = ", ".join(f"{rule}: {n}" for rule, n in sorted(records.skipped.items()))
         raise DataError(f"{data_path}: no usable record; skipped {skipped}")
+    return records

@@ -28,7 +28,9 @@ class DataStats:
     def from_arrays(
         cls, records: int, skipped: dict[str, int], lengths, full_lengths, num_trained
     ) -> DataStats:
-        lengths, full_lengths, num_trained = (np.asarray(a, dtype=np.int64) for a in (lengths, full_lengths, num_trained))
+        lengths, full_lengths, num_trained = (
+            np.asarray(values, dtype=np.int64) for values in (lengths, full_lengths, num_trained)
+        )
         kept = num_trained > 0
         kept_lengths = lengths[kept]
         percentiles = {}

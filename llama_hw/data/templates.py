@@ -24,7 +24,6 @@ from llama_hw.errors import UsageError
 TOKENIZER_TEMPLATE = "tokenizer"
 DEFAULT_TEMPLATE = "vicuna_v1.1"  # FastChat's train.py default
 _PROBE: list[Turn] = [
-    ("system", "Be brief."),
     ("user", "Hi there"),
     ("assistant", "Hello! How can I help?"),
     ("user", "Tell me a joke"),

@@ -35,7 +35,8 @@ def load_tokenizer(
 ):
     """The tokenizer at `path` with BOS/EOS/pad set explicitly (pad = unk, as FastChat does, if it has none)."""
     directory = Path(path)
-    if directory.is_dir() and not (directory / "tokenizer.json").is_file() and (directory / SENTENCEPIECE_FILE).is_file():
+    bare_sentencepiece = (directory / SENTENCEPIECE_FILE).is_file() and not (directory / "tokenizer.json").is_file()
+    if bare_sentencepiece:
         tokenizer = tokenizer_from_sentencepiece(directory)
     else:
         from transformers import AutoTokenizer
