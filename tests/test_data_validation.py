@@ -121,6 +121,7 @@ def test_formats_are_detected_per_file_and_mixed(tmp_path):
         {"instruction": "Translate", "input": "hola", "output": "hello"},
         {"instruction": "Say hi", "output": "hi", "system": "Be brief."},
     ])  # fmt: skip
+    alpaca.write_bytes(b"\xef\xbb\xbf" + alpaca.read_bytes())  # a byte-order mark, as some editors write
     records = read_records(f"{sharegpt},{openai}, {alpaca}")
     assert list(records.formats.values()) == ["sharegpt", "openai", "alpaca"]
     assert records.conversations == [

@@ -128,7 +128,7 @@ class InvalidLine:
 
 def _raw_records(path: str) -> list[object]:
     file = Path(path)
-    text = file.read_text(encoding="utf-8")
+    text = file.read_text(encoding="utf-8-sig")  # tolerate a byte-order mark
     if file.suffix != ".jsonl" and text.lstrip().startswith("["):
         try:
             return json.loads(text)
