@@ -45,7 +45,8 @@ class Parser(HfArgumentParser):
 
 
 def parser() -> Parser:
-    return Parser(ARGUMENT_CLASSES, prog="python -m llama_hw.train")
+    # allow_abbrev off: a typo such as --learning_rat must not silently set --learning_rate
+    return Parser(ARGUMENT_CLASSES, prog="python -m llama_hw.train", allow_abbrev=False)
 
 
 def config_file_tokens(path: Path) -> list[str]:
@@ -120,6 +121,8 @@ def parse_args(argv: list[str] | None) -> TrainConfig:
     config.finetuning.resolve()
     if config.model.padding_side is None:
         config.model.padding_side = "left" if config.model.task == "cls" else "right"
+    if not config.model.model_name_or_path:
+        raise UsageError("--model_name_or_path is required: the directory of the model to fine-tune")
     if not config.training.get("output_dir"):
         raise UsageError("--output_dir is required: where checkpoints and the trained model go")
     if not getattr(config.data, "data_path", None):

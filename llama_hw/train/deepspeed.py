@@ -30,13 +30,13 @@ def load_deepspeed_config(value: str | dict | None) -> dict[str, Any] | None:
     if value in (None, "", False):
         return None
     if isinstance(value, dict):
-        return value
+        return with_trainer_optimizer(dict(value))
     text = str(value).strip()
     if text in PRESETS:
         return json.loads(preset_path(text).read_text(encoding="utf-8"))
     if text.startswith("{"):
         try:
-            return json.loads(text)
+            return with_trainer_optimizer(json.loads(text))
         except ValueError as err:
             raise UsageError(f"--deepspeed: inline JSON is invalid ({err})") from err
     if not os.path.isfile(text):
@@ -50,6 +50,17 @@ def load_deepspeed_config(value: str | dict | None) -> dict[str, Any] | None:
         raise UsageError(f"--deepspeed {text} is not valid JSON ({err})") from err
     if not isinstance(config, dict):
         raise UsageError(f"--deepspeed {text} must hold a JSON object")
+    return with_trainer_optimizer(config)
+
+
+def with_trainer_optimizer(config: dict[str, Any]) -> dict[str, Any]:
+    """Let DeepSpeed offload the Trainer's optimizer when the config names none of its own.
+
+    FastChat's playground/deepspeed_config_s2.json offloads the optimizer and names none; DeepSpeed since
+    0.10 refuses that ("ZeRO-Offload with a client provided optimizer") unless told it is intended.
+    """
+    if "optimizer" not in config:
+        config.setdefault("zero_force_ds_cpu_optimizer", False)
     return config
 
 

@@ -1,0 +1,184 @@
+"""The trainer's command line: FastChat's flag sets, config files, presets, FSDP plans, resume rules."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from train_support import (
+    FASTCHAT_DEEPSPEED_S2,
+    FASTCHAT_NPU_FLAGS,
+    FASTCHAT_QLORA_FLAGS,
+    FASTCHAT_README_FLAGS,
+)
+
+from llama_hw.errors import UsageError, run_cli
+from llama_hw.train import parse_args
+from llama_hw.train.checkpointing import (
+    CHECKPOINT_MARKER,
+    latest_complete_checkpoint,
+    mark_complete,
+    resolve_resume,
+)
+from llama_hw.train.deepspeed import PRESETS, load_deepspeed_config, zero_stage
+from llama_hw.train.fsdp import fsdp_plan
+from llama_hw.train.model import rope_scaling_factor
+from llama_hw.train.recipe import main
+
+PATHS = ["--model_name_or_path", "M", "--data_path", "D.json", "--output_dir", "OUT"]
+
+
+def test_fastchat_readme_flags_parse_unchanged():
+    config = parse_args(PATHS + FASTCHAT_README_FLAGS)
+    training = config.training
+    assert training["eval_strategy"] == "no"  # --evaluation_strategy, renamed in transformers 5
+    assert training["warmup_steps"] == pytest.approx(0.03)  # --warmup_ratio folded into warmup_steps
+    assert training["bf16"] is True and training["tf32"] is True
+    assert training["gradient_accumulation_steps"] == 16 and training["save_total_limit"] == 10
+    assert training["gradient_checkpointing"] is True
+    assert config.model.model_max_length == 2048 and config.model.padding_side == "right"
+    assert config.data.lazy_preprocess is True
+    assert config.finetuning.finetuning_type == "full"
+    plan = fsdp_plan(training["fsdp"], training["fsdp_config"], config.run.fsdp_transformer_layer_cls_to_wrap)
+    assert plan.reshard_after_forward is True and plan.layer_classes == ["LlamaDecoderLayer"]
+    assert any("--evaluation_strategy is now --eval_strategy" in note for note in config.notes)
+    assert any("--warmup_ratio 0.03 is now --warmup_steps 0.03" in note for note in config.notes)
+
+
+def test_fastchat_qlora_flags_mean_qlora_with_fastchat_defaults():
+    config = parse_args(PATHS + FASTCHAT_QLORA_FLAGS + ["--deepspeed", "zero2"])
+    finetuning = config.finetuning
+    assert finetuning.finetuning_type == "qlora"
+    assert (finetuning.lora_r, finetuning.lora_alpha, finetuning.lora_dropout) == (8, 16, 0.05)
+    assert finetuning.lora_target == ["all"] and finetuning.lora_bias == "none"
+
+
+def test_fastchat_npu_flags_parse_unchanged():
+    config = parse_args(PATHS + FASTCHAT_NPU_FLAGS)
+    assert config.training["fp16"] is True and config.training["per_device_train_batch_size"] == 8
+    assert config.training["eval_strategy"] == "no"
+
+
+def test_train_lora_flags_imply_lora():
+    config = parse_args(PATHS + ["--lora_r", "4", "--lora_target_modules", "q_proj", "v_proj,o_proj"])
+    assert config.finetuning.finetuning_type == "lora"
+    assert config.finetuning.lora_target == ["q_proj", "v_proj", "o_proj"]
+    assert (config.finetuning.lora_alpha, config.finetuning.lora_dropout) == (16, 0.05)
+
+
+def test_lora_flag_with_full_finetuning_is_refused():
+    with pytest.raises(UsageError, match="--lora_r is a LoRA flag but --finetuning_type is full"):
+        parse_args(PATHS + ["--finetuning_type", "full", "--lora_r", "4"])
+
+
+def test_warmup_steps_beat_warmup_ratio_as_in_transformers_4():
+    config = parse_args(PATHS + ["--warmup_ratio", "0.1", "--warmup_steps", "5"])
+    assert config.training["warmup_steps"] == 5
+
+
+def test_removed_transformers_4_flags_are_dropped_with_a_note():
+    config = parse_args(PATHS + ["--logging_dir", "runs", "--group_by_length", "True", "--no_cuda", "True"])
+    assert config.training["train_sampling_strategy"] == "group_by_length"
+    assert config.run.device == "cpu"
+    assert any(note.startswith("--logging_dir ignored") for note in config.notes)
+
+
+def test_yaml_config_file_with_command_line_override(tmp_path):
+    config_file = tmp_path / "run.yaml"
+    config_file.write_text(
+        "model_name_or_path: M\ndata_path: D.json\noutput_dir: OUT\nlearning_rate: 2e-5\n"
+        "evaluation_strategy: 'no'\nlora_target: [q_proj, v_proj]\nmax_steps: 10\n"
+    )
+    config = parse_args([str(config_file), "--max_steps", "3"])
+    assert config.training["learning_rate"] == pytest.approx(2e-5)  # YAML reads "2e-5" as a string
+    assert config.training["max_steps"] == 3
+    assert config.training["eval_strategy"] == "no"
+    assert config.finetuning.lora_target == ["q_proj", "v_proj"]
+
+
+def test_json_config_file(tmp_path):
+    config_file = tmp_path / "run.json"
+    config_file.write_text(json.dumps({"model_name_or_path": "M", "data_path": "D.json", "output_dir": "OUT",
+                                       "task": "cls", "num_labels": 3}))
+    config = parse_args([str(config_file)])
+    assert config.model.task == "cls" and config.model.num_labels == 3
+    assert config.model.padding_side == "left"  # the classification head reads the last token
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (PATHS + ["--learning_rat", "1e-4"], "unknown flag --learning_rat (did you mean --learning_rate?)"),
+        (["--data_path", "D.json", "--output_dir", "OUT"], "--model_name_or_path is required"),
+        (["--model_name_or_path", "M", "--data_path", "D.json"], "--output_dir is required"),
+        (PATHS + ["--finetuning_type", "prefix"], "invalid choice"),
+        (PATHS + ["--warmup_ratio", "2"], "--warmup_ratio must be in [0, 1)"),
+    ],
+)
+def test_bad_command_lines_exit_2_with_one_line(argv, message, capsys):
+    assert run_cli(main, argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_deepspeed_presets_leave_sizes_to_transformers(preset):
+    config = load_deepspeed_config(preset)
+    assert zero_stage(config) == int(preset[4])
+    for key in ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps",
+                "gradient_clipping"):
+        assert config[key] == "auto"
+    assert config["bf16"]["enabled"] == "auto" and config["fp16"]["enabled"] == "auto"
+    assert config["zero_force_ds_cpu_optimizer"] is False
+    if zero_stage(config) == 3:
+        assert config["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] is True
+    if preset == "zero3_offload":
+        assert config["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
+
+
+def test_fastchat_deepspeed_config_may_offload_the_trainer_optimizer(tmp_path):
+    path = tmp_path / "deepspeed_config_s2.json"
+    path.write_text(json.dumps(FASTCHAT_DEEPSPEED_S2))
+    config = load_deepspeed_config(str(path))
+    assert zero_stage(config) == 2 and config["zero_force_ds_cpu_optimizer"] is False
+    with pytest.raises(UsageError, match="no such file"):
+        load_deepspeed_config(str(tmp_path / "missing.json"))
+
+
+def test_fsdp_options():
+    assert fsdp_plan(None, None) is None
+    plan = fsdp_plan("full_shard auto_wrap offload", None)
+    assert plan.cpu_offload and plan.reshard_after_forward
+    assert fsdp_plan("shard_grad_op", {"fsdp_transformer_layer_cls_to_wrap": "LlamaDecoderLayer"}).layer_classes == [
+        "LlamaDecoderLayer"
+    ]
+    assert fsdp_plan("shard_grad_op", None).reshard_after_forward is False
+    arguments = fsdp_plan("full_shard auto_wrap", None, ["LlamaDecoderLayer"]).trainer_arguments()
+    assert arguments["fsdp"] is True and arguments["fsdp_config"]["version"] == 2
+    assert arguments["fsdp_config"]["state_dict_type"] == "FULL_STATE_DICT"
+    with pytest.raises(UsageError, match="only in FSDP1"):
+        fsdp_plan("hybrid_shard", None)
+
+
+def test_resume_takes_the_latest_complete_checkpoint(tmp_path):
+    for step in (10, 20, 30):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
+    mark_complete(tmp_path / "checkpoint-10", 10, 1)
+    mark_complete(tmp_path / "checkpoint-20", 20, 1)  # checkpoint-30 was being written when the run died
+    assert latest_complete_checkpoint(tmp_path) == tmp_path / "checkpoint-20"
+    assert resolve_resume(None, tmp_path, overwrite=False) == tmp_path / "checkpoint-20"
+    assert resolve_resume("auto", tmp_path, overwrite=True) == tmp_path / "checkpoint-20"
+    assert resolve_resume(None, tmp_path, overwrite=True) is None
+    assert resolve_resume("False", tmp_path, overwrite=False) is None
+    assert resolve_resume(str(tmp_path / "checkpoint-10"), tmp_path, overwrite=False) == tmp_path / "checkpoint-10"
+    with pytest.raises(UsageError, match=CHECKPOINT_MARKER):
+        resolve_resume(str(tmp_path / "checkpoint-30"), tmp_path, overwrite=False)
+    with pytest.raises(UsageError, match="does not exist"):
+        resolve_resume(str(tmp_path / "checkpoint-40"), tmp_path, overwrite=False)
+
+
+def test_rope_is_stretched_like_fastchat():
+    assert rope_scaling_factor(2048, 512) == 4.0
+    assert rope_scaling_factor(1000, 512) == 2.0
+    assert rope_scaling_factor(512, 512) is None

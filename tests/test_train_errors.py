@@ -1,0 +1,92 @@
+"""Bad runs end with one clear line and exit code 2, before anything is written."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+from train_support import one_thread, small_run, train_cli
+
+from llama_hw.errors import run_cli
+from llama_hw.models import write_run_metadata
+from llama_hw.train.recipe import main
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def fails_with(argv, message, capsys) -> None:
+    assert run_cli(main, argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and message in err, err
+    assert len(err.splitlines()) == 1, err
+
+
+def test_qlora_with_zero3(tmp_path, stories260k_dir, dummy_conversations, capsys):
+    out = tmp_path / "out"
+    argv = small_run(stories260k_dir, dummy_conversations, out, "--q_lora", "True", "--deepspeed", "zero3")
+    fails_with(argv, "--finetuning_type qlora does not work with ZeRO-3", capsys)
+    assert not out.exists()
+
+
+def test_qlora_without_bitsandbytes_on_this_device(tmp_path, stories260k_dir, dummy_conversations, capsys):
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        message = "needs bitsandbytes"
+    else:
+        message = "does not run on cpu devices"
+    fails_with(small_run(stories260k_dir, dummy_conversations, tmp_path / "out", "--finetuning_type", "qlora"),
+               message, capsys)
+
+
+def test_bf16_on_ascend_910a(tmp_path, stories260k_dir, dummy_conversations, fake_torch_npu, monkeypatch, capsys):
+    monkeypatch.setenv("FAKE_NPU_NAME", "Ascend910A")
+    out = tmp_path / "out"
+    argv = small_run(stories260k_dir, dummy_conversations, out, "--device", "npu", "--bf16", "True")
+    fails_with(argv, "bf16 is not supported on Ascend910A (npu); supported: fp32, fp16", capsys)
+    assert not out.exists()
+
+
+def test_missing_data_file(tmp_path, stories260k_dir, capsys):
+    fails_with(small_run(stories260k_dir, tmp_path / "nowhere.json", tmp_path / "out"), "nowhere.json", capsys)
+
+
+def test_model_directory_without_weights(tmp_path, stories260k_dir, dummy_conversations, capsys):
+    model = tmp_path / "model"
+    model.mkdir()
+    shutil.copy(stories260k_dir / "config.json", model)
+    shutil.copy(stories260k_dir / "tokenizer.model", model)
+    out = tmp_path / "out"
+    fails_with(small_run(model, dummy_conversations, out), f"--model_name_or_path {model} has no weights", capsys)
+    assert not out.exists()
+
+
+def test_missing_model_directory(tmp_path, dummy_conversations, capsys):
+    fails_with(small_run(tmp_path / "missing", dummy_conversations, tmp_path / "out"), "is not a directory", capsys)
+
+
+def test_fsdp_with_deepspeed(tmp_path, stories260k_dir, dummy_conversations, capsys):
+    argv = small_run(stories260k_dir, dummy_conversations, tmp_path / "out", "--fsdp", "full_shard", "--deepspeed", "zero2")
+    fails_with(argv, "--deepspeed and --fsdp both shard the model", capsys)
+
+
+def test_output_dir_with_a_finished_model(tmp_path, stories260k_dir, dummy_conversations, capsys):
+    out = tmp_path / "out"
+    write_run_metadata(out, template="vicuna_v1.1")
+    fails_with(small_run(stories260k_dir, dummy_conversations, out), "already holds a trained model", capsys)
+
+
+def test_resume_from_a_missing_checkpoint(tmp_path, stories260k_dir, dummy_conversations, capsys):
+    argv = small_run(stories260k_dir, dummy_conversations, tmp_path / "out",
+                     "--resume_from_checkpoint", str(tmp_path / "checkpoint-7"))
+    fails_with(argv, "--resume_from_checkpoint", capsys)
+
+
+def test_command_line_error_from_the_module_entry_point(tmp_path, dummy_conversations):
+    result = train_cli(["--model_name_or_path", str(tmp_path), "--data_path", str(dummy_conversations),
+                        "--output_dir", str(tmp_path / "out")])
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: --model_name_or_path {tmp_path} has no config.json; it is not a Hugging Face model directory"
+    )
+    assert "Traceback" not in result.stderr
