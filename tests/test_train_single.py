@@ -98,7 +98,8 @@ class CrashAtStep(TrainerCallback):
             raise RuntimeError(f"simulated crash at step {self.step}")
 
 
-def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path, stories260k_dir, dummy_conversations):
+def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path, stories260k_dir, dummy_conversations,
+                                                          monkeypatch, capsys):
     def argv(out):
         return small_run(stories260k_dir, dummy_conversations, out, "--max_steps", "12", "--save_strategy", "steps",
                          "--save_steps", "5", "--lr_scheduler_type", "linear", "--warmup_ratio", "0.1")
@@ -112,7 +113,12 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path, stories260k_
     assert (crashed / "checkpoint-5" / CHECKPOINT_MARKER).is_file()
     assert not any((crashed / name).exists() for name in (METADATA_FILE, "config.json", "model.safetensors"))
 
-    assert run_cli(main, argv(crashed)) == 0  # the same command resumes from checkpoint-5
+    # As llama_hw.launch --max-restarts restarts it: the same command, restart count 1. Even with
+    # --overwrite_output_dir (meant for the first start) a restart continues from checkpoint-5.
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
+    capsys.readouterr()
+    assert run_cli(main, argv(crashed) + ["--overwrite_output_dir", "True"]) == 0
+    assert f"resuming from {crashed / 'checkpoint-5'}" in capsys.readouterr().out
     assert logged_losses(crashed) == logged_losses(uninterrupted)  # exactly, step by step
     from safetensors.torch import load_file
 

@@ -62,7 +62,8 @@ class TrainingSession:
     resume_from: Path | None
     parameters: ParameterCount
     patch_report: Any
-    data: Any  # SftData from llama_hw.data, or ClsData
+    data: Any  # SFTData from llama_hw.data, or ClsData
+    overwrite: bool = False  # --overwrite_output_dir, unless this is an elastic restart
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -114,7 +115,7 @@ class TrainingSession:
     def train(self):
         """Train (resuming when there is a checkpoint to resume from); returns Trainer's TrainOutput."""
         if self.is_main and self.resume_from is None:
-            clear_previous_run(self.output_dir, overwrite=self.config.run.overwrite_output_dir)
+            clear_previous_run(self.output_dir, overwrite=self.overwrite)
         self.trainer.accelerator.wait_for_everyone()
         return self.trainer.train(resume_from_checkpoint=str(self.resume_from) if self.resume_from else None)
 
@@ -186,9 +187,9 @@ def training_arguments(config: TrainConfig, backend: Backend, parallelism: Paral
     kwargs.update(fsdp=None, fsdp_config=None)
     if parallelism.fsdp is not None and not parallelism.fsdp_at_load:
         kwargs.update(parallelism.fsdp.trainer_arguments())
-    if parallelism.fsdp_at_load and kwargs.get("save_strategy") != "no" and not kwargs.get("save_only_model"):
-        notes.append("FSDP2 sharded at load time: checkpoints hold the model only (transformers cannot "
-                     "checkpoint its optimizer), so a resume restarts the optimizer state")
+    if parallelism.fsdp_at_load:
+        # Trainer refuses to checkpoint the optimizer of a model transformers sharded at load time;
+        # LlamaHwTrainer saves it (and the scheduler and RNG states) itself.
         kwargs["save_only_model"] = True
     try:
         return TrainingArguments(**kwargs)
@@ -233,7 +234,12 @@ def build_session(config: TrainConfig, callbacks: list | tuple = ()) -> Training
 
     output_dir = Path(config.training["output_dir"])
     overwrite = config.run.overwrite_output_dir
-    resume_from = resolve_resume(config.training.get("resume_from_checkpoint"), output_dir, overwrite=overwrite)
+    resume_option = config.training.get("resume_from_checkpoint")
+    if distributed.restart_count() > 0:
+        # The elastic agent restarted the workers after a failure: continue this run, never start over.
+        notes.append(f"elastic restart {distributed.restart_count()}: resuming from the latest complete checkpoint")
+        resume_option, overwrite = "auto", False
+    resume_from = resolve_resume(resume_option, output_dir, overwrite=overwrite)
     check_output_dir(output_dir, resume_from, overwrite=overwrite)
 
     # Process-level patches first: on Ascend they prepare DeepSpeed before it starts.
@@ -283,5 +289,5 @@ def build_session(config: TrainConfig, callbacks: list | tuple = ()) -> Training
     return TrainingSession(
         config=config, backend=backend, backend_reason=selection.reason, parallelism=parallelism,
         trainer=trainer, tokenizer=tokenizer, model_dir=model_dir, resume_from=resume_from,
-        parameters=count_parameters(model), patch_report=patch_report, data=data, notes=notes,
+        parameters=count_parameters(model), patch_report=patch_report, data=data, overwrite=overwrite, notes=notes,
     )

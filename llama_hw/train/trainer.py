@@ -4,6 +4,11 @@ Trainer writes checkpoint-N in place and deletes old checkpoints (save_total_lim
 while other ranks may still be writing their optimizer shards: a crash then leaves no checkpoint that
 loads. Here rotation waits until every rank has finished, rank 0 marks the checkpoint complete, and only
 then are old checkpoints deleted.
+
+A model that transformers sharded with FSDP2 while loading (the FSDP engine on the host CPU, see
+`llama_hw.train.fsdp`) gets only its weights checkpointed by transformers. For an exact resume this
+trainer also saves the optimizer state (gathered in full on rank 0 with CPU offload), the scheduler and
+the RNG states, and loads them back by broadcasting from rank 0 into every rank's shard.
 """
 
 from __future__ import annotations
@@ -11,11 +16,21 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
 from transformers import Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from llama_hw.models import write_run_metadata
 from llama_hw.train.checkpointing import mark_complete, publish_staged, staging_dir
+
+OPTIMIZER_FILE = "optimizer.pt"
+SCHEDULER_FILE = "scheduler.pt"
+
+
+def full_state_options(**options):
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(full_state_dict=True, **options)
 
 
 class LlamaHwTrainer(Trainer):
@@ -28,11 +43,51 @@ class LlamaHwTrainer(Trainer):
             self.args.save_total_limit = limit
         run_dir = Path(self._get_output_dir(trial=trial))
         checkpoint = run_dir / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        if self.is_distributed_loading_by_transformers:
+            self._save_sharded_training_state(checkpoint)
         self.accelerator.wait_for_everyone()
         if self.args.should_save:
             mark_complete(checkpoint, self.state.global_step, self.args.world_size)
             rotate_checkpoints(str(run_dir), limit, self.state.best_model_checkpoint, use_mtime=True)
 
+    # -- models sharded at load time (FSDP2 by transformers) -------------------------------------------
+    def _save_sharded_training_state(self, checkpoint: Path) -> None:
+        from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+        optimizer_state = get_optimizer_state_dict(self.model, self.optimizer, options=full_state_options(cpu_offload=True))
+        if self.args.should_save:
+            torch.save(optimizer_state, checkpoint / OPTIMIZER_FILE)
+            torch.save(self.lr_scheduler.state_dict(), checkpoint / SCHEDULER_FILE)
+        self._save_rng_state(str(checkpoint))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        if not self.is_distributed_loading_by_transformers or hasattr(self.model, "peft_config"):
+            # A LoRA adapter added after sharding is a plain, replicated module: Trainer loads it as usual.
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        from safetensors.torch import load_file
+        from torch.distributed.checkpoint.state_dict import set_model_state_dict
+
+        weights: dict[str, torch.Tensor] = {}
+        if self.args.process_index == 0:
+            for shard in sorted(Path(resume_from_checkpoint).glob("*.safetensors")):
+                weights.update(load_file(shard))
+        # strict=False: a tied lm_head is saved once, as the embedding it shares its weight with
+        set_model_state_dict(self.model, weights, options=full_state_options(broadcast_from_rank0=True, strict=False))
+
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        if checkpoint is None or not self.is_distributed_loading_by_transformers:
+            return super()._load_optimizer_and_scheduler(checkpoint)
+        from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
+
+        optimizer_file = Path(checkpoint) / OPTIMIZER_FILE
+        if not optimizer_file.is_file():
+            return  # a checkpoint without optimizer state: the optimizer starts fresh, as in Trainer
+        state = torch.load(optimizer_file, weights_only=True) if self.args.process_index == 0 else {}
+        set_optimizer_state_dict(self.model, self.optimizer, optim_state_dict=state,
+                                 options=full_state_options(broadcast_from_rank0=True))
+        self.lr_scheduler.load_state_dict(torch.load(Path(checkpoint) / SCHEDULER_FILE, weights_only=True))
+
+    # -- the final model -----------------------------------------------------------------------------
     def save_final(self, metadata: dict[str, Any]) -> Path:
         """Save the trained model, tokenizer, trainer state and `llama_hw.json` into output_dir.
 
