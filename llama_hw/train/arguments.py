@@ -121,12 +121,9 @@ class RunArguments:
         default=False,
         metadata={"help": "Start over in an output_dir that already holds checkpoints or a trained model."},
     )
-    # transformers 4 / FastChat spellings of two fsdp_config keys (transformers 5 removed the flags).
+    # FastChat's spelling of an fsdp_config key (transformers 5 removed the flag).
     fsdp_transformer_layer_cls_to_wrap: list[str] | None = field(
         default=None, metadata={"help": "FSDP: decoder layer class(es) sharded as units (default: the model's)."}
-    )
-    fsdp_min_num_params: int | None = field(
-        default=None, metadata={"help": "FSDP (transformers 4 flag): accepted; layers are wrapped by class."}
     )
 
 

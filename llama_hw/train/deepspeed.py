@@ -71,6 +71,12 @@ def zero_stage(config: dict[str, Any] | None) -> int:
     return int(config.get("zero_optimization", {}).get("stage", 0))
 
 
+def offloads(config: dict[str, Any] | None) -> bool:
+    """Whether a DeepSpeed config moves optimizer states or parameters to the host."""
+    zero = (config or {}).get("zero_optimization", {})
+    return any(str(zero.get(key, {}).get("device", "none")) != "none" for key in ("offload_optimizer", "offload_param"))
+
+
 def init_deepspeed_distributed(backend: Backend) -> None:
     """Start DeepSpeed's communication layer on the backend's collective library.
 

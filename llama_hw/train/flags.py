@@ -45,6 +45,7 @@ IGNORED = {
     "dispatch_batches": "transformers 5 removed it",
     "split_batches": "transformers 5 removed it",
     "include_inputs_for_metrics": "transformers 5 removed it",
+    "fsdp_min_num_params": "FSDP2 shards every decoder layer (set the class with --fsdp_transformer_layer_cls_to_wrap)",
     "preprocessed_path": "FastChat's T5 scripts only; conversations are tokenized and cached by llama_hw.data",
 }
 

@@ -18,7 +18,7 @@ from llama_hw.backends import Backend, select_backend
 from llama_hw.errors import UsageError
 from llama_hw.train.checkpointing import check_output_dir, clear_previous_run, resolve_resume
 from llama_hw.train.config import TrainConfig, training_defaults
-from llama_hw.train.deepspeed import init_deepspeed_distributed, load_deepspeed_config, zero_stage
+from llama_hw.train.deepspeed import init_deepspeed_distributed, load_deepspeed_config, offloads, zero_stage
 from llama_hw.train.finetuning import ParameterCount, apply_finetuning, count_parameters
 from llama_hw.train.fsdp import FsdpPlan, fsdp_plan
 from llama_hw.train.model import (
@@ -43,7 +43,7 @@ class Parallelism:
     def describe(self) -> str:
         if self.deepspeed:
             stage = zero_stage(self.deepspeed)
-            return f"DeepSpeed ZeRO-{stage}" + (" (offload)" if "offload" in str(self.deepspeed) else "")
+            return f"DeepSpeed ZeRO-{stage}" + (" with offload" if offloads(self.deepspeed) else "")
         if self.fsdp:
             engine = "transformers, sharded at load" if self.fsdp_at_load else "accelerate"
             return f"FSDP2 ({engine})"
@@ -133,15 +133,11 @@ class TrainingSession:
 
 
 def describe_data(data) -> str:
-    stats = getattr(data, "stats", None)
-    if stats is None:
-        return "?"
-    render = getattr(stats, "render", None)
-    if callable(render):
-        return render()
-    if isinstance(stats, dict):
-        return ", ".join(f"{key} {value}" for key, value in stats.items())
-    return str(stats)
+    """One line about the training data: llama_hw.data's DataStats summary, or the cls task's counts."""
+    stats = data.stats
+    if hasattr(stats, "summary"):
+        return stats.summary()
+    return ", ".join(f"{key} {value}" for key, value in stats.items())
 
 
 def check_combinations(config: TrainConfig, backend: Backend, deepspeed: dict | None, fsdp: FsdpPlan | None) -> None:
