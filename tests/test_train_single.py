@@ -89,6 +89,16 @@ def test_lora_output_is_an_adapter_chat_applies(lora_run, stories260k_dir):
         assert torch.allclose(chat_model(ids).logits, reference, atol=1e-4)  # chat merges the adapter
 
 
+def test_lora_training_continues_from_a_saved_adapter(lora_run, tmp_path, stories260k_dir, dummy_conversations):
+    out = tmp_path / "continued"
+    argv = small_run(stories260k_dir, dummy_conversations, out, "--max_steps", "2", "--learning_rate", "5e-3",
+                     "--lora_weight_path", str(lora_run))
+    assert run_cli(main, argv) == 0
+    assert read_run_metadata(out)["finetuning_type"] == "lora"
+    # it starts where the first run ended (its first batch is the first run's first batch)
+    assert logged_losses(out)[0] < 0.5 * logged_losses(lora_run)[0]
+
+
 class CrashAtStep(TrainerCallback):
     def __init__(self, step: int):
         self.step = step

@@ -14,7 +14,7 @@ import torch
 
 from llama_hw.errors import UsageError
 from llama_hw.models import resolve_model_source, write_run_metadata
-from llama_hw.models.loading import apply_adapter
+from llama_hw.models.loading import adapter_base_model, apply_adapter, is_adapter_dir
 
 DTYPES = {"auto": "auto", "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 SEQ_CLS = "SEQ_CLS"
@@ -44,6 +44,23 @@ def load_base(base: Path, task_type: str | None, metadata: dict, dtype: str):
     return AutoModelForSequenceClassification.from_pretrained(str(base), config=config, **kwargs)
 
 
+def check_paths(adapter: str | os.PathLike, base: str | os.PathLike | None) -> tuple[Path, Path]:
+    """(base, adapter) directories, checked with export's own flag names in the messages."""
+    adapter_dir = Path(adapter).expanduser()
+    if not is_adapter_dir(adapter_dir):
+        what = "does not exist" if not adapter_dir.exists() else "has no adapter_config.json"
+        raise UsageError(f"--adapter {adapter_dir} {what}; give the directory a LoRA training run saved")
+    if base is None:
+        base = adapter_base_model(adapter_dir)
+        if not base:
+            raise UsageError(f"--adapter {adapter_dir} does not record its base model; pass it with --base")
+    base_dir = Path(base).expanduser()
+    if not (base_dir / "config.json").is_file():
+        raise UsageError(f"--base {base_dir} is not a model directory (no config.json); give the model the "
+                         "adapter was trained on")
+    return base_dir, adapter_dir
+
+
 def merge_adapter(adapter: str | os.PathLike, out: str | os.PathLike, *, base: str | os.PathLike | None = None,
                   dtype: str = "auto", overwrite: bool = False) -> Path:
     """Merge `adapter` into `base` (default: the base it records) and save to `out`; returns `out`."""
@@ -54,9 +71,7 @@ def merge_adapter(adapter: str | os.PathLike, out: str | os.PathLike, *, base: s
         raise UsageError(f"--out {out} already exists; choose a new directory or pass --overwrite")
     if dtype not in DTYPES:
         raise UsageError(f"--dtype {dtype}: choose one of {', '.join(DTYPES)}")
-    source = resolve_model_source(base, adapter) if base is not None else resolve_model_source(adapter)
-    if source.adapter is None:
-        raise UsageError(f"--adapter {adapter} is not a LoRA adapter directory (no adapter_config.json)")
+    source = resolve_model_source(*check_paths(adapter, base))
     model = load_base(source.base, adapter_task_type(source.adapter), source.metadata, dtype)
     merged = apply_adapter(model, source.adapter, merge=True)
     tokenizer = load_tokenizer(str(source.tokenizer_dir))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -97,8 +98,6 @@ def reject_unknown(unknown: list[str], known: list[str]) -> None:
 
 def parse_args(argv: list[str] | None) -> TrainConfig:
     """Parse a command line into a TrainConfig; UsageError on anything wrong with it."""
-    import sys
-
     tokens = list(sys.argv[1:] if argv is None else argv)
     translation = translate(expand_config_file(tokens))
     argument_parser = parser()
@@ -118,15 +117,17 @@ def parse_args(argv: list[str] | None) -> TrainConfig:
         training=training,
         notes=list(translation.notes),
     )
-    config.finetuning.resolve()
-    if config.model.padding_side is None:
-        config.model.padding_side = "left" if config.model.task == "cls" else "right"
+    # --data_path is required by DataArguments itself (argparse says so)
     if not config.model.model_name_or_path:
         raise UsageError("--model_name_or_path is required: the directory of the model to fine-tune")
     if not config.training.get("output_dir"):
         raise UsageError("--output_dir is required: where checkpoints and the trained model go")
-    if not getattr(config.data, "data_path", None):
-        raise UsageError("--data_path is required: the training data (JSON / JSONL)")
+    config.finetuning.resolve()
+    if config.model.flash_attn:
+        config.notes.append("--flash_attn: llama_hw.patches picks the attention kernel for the backend "
+                            "(flash-attention-2 on CUDA when installed)")
+    if config.model.padding_side is None:
+        config.model.padding_side = "left" if config.model.task == "cls" else "right"
     return config
 
 
