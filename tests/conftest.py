@@ -38,11 +38,26 @@ def dummy_conversations(shared_dir) -> Path:
     return shared_dir / "data" / "conversations" / "fastchat_dummy_conversation.json"
 
 
+class _NoNpu:
+    """What `torch.npu` answers once the fake is gone: torch keeps the PrivateUse1 device renamed to
+    "npu" for the rest of the process, and torch.optim asks that device's module whether it exists."""
+
+    @staticmethod
+    def is_available() -> bool:
+        return False
+
+    @staticmethod
+    def device_count() -> int:
+        return 0
+
+
 def _forget_torch_npu() -> None:
     for name in [m for m in sys.modules if m == "torch_npu" or m.startswith("torch_npu.")]:
         del sys.modules[name]
     if hasattr(torch, "npu"):
         delattr(torch, "npu")
+    if torch._C._get_privateuse1_backend_name() == "npu":
+        torch.npu = _NoNpu
 
 
 @pytest.fixture

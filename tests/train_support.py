@@ -163,22 +163,10 @@ def write_cls_data(directory: Path, train_records: int = 160, eval_records: int 
 @pytest.fixture(scope="module")
 def one_thread():
     """In-process training of the tiny model on one thread, as the subprocess tests run (subprocess_env):
-    on 2 shared cores a second intra-op thread makes its small kernels several times slower.
-
-    Also: a test of the fake torch_npu (conftest) renames torch's PrivateUse1 device to "npu" for the
-    rest of the process and then deletes `torch.npu`; torch.optim then asks `torch.npu` whether it is
-    available and raises. While this fixture is active, a stand-in answers "no NPU".
-    """
-    import types
-
+    on 2 shared cores a second intra-op thread makes its small kernels several times slower."""
     import torch
 
     before = torch.get_num_threads()
     torch.set_num_threads(1)
-    stand_in = types.SimpleNamespace(is_available=lambda: False, device_count=lambda: 0)
-    if torch._C._get_privateuse1_backend_name() == "npu" and not hasattr(torch, "npu"):
-        torch.npu = stand_in
     yield
-    if getattr(torch, "npu", None) is stand_in:  # a fake torch_npu test in between may have replaced it
-        del torch.npu
     torch.set_num_threads(before)
