@@ -84,3 +84,13 @@ def test_saved_tokenizer_reloads_with_the_same_ids(which, llama2_tokenizer, stor
 def test_missing_tokenizer_is_a_usage_error(tmp_path):
     with pytest.raises(UsageError, match="cannot load a tokenizer from"):
         load_tokenizer(str(tmp_path / "nowhere"))
+
+
+def test_padding_side_is_saved_with_the_tokenizer(stories260k_dir, tmp_path):
+    from transformers import AutoTokenizer
+
+    assert load_tokenizer(str(stories260k_dir)).padding_side == "right"
+    load_tokenizer(str(stories260k_dir), padding_side="left").save_pretrained(tmp_path)
+    assert load_tokenizer(str(tmp_path)).padding_side == "left"
+    assert AutoTokenizer.from_pretrained(tmp_path).padding_side == "left"
+    assert load_tokenizer(str(tmp_path), padding_side="right").padding_side == "right"

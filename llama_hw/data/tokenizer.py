@@ -30,10 +30,14 @@ NORMAL, USER_DEFINED = 1, 4  # sentencepiece_model.proto SentencePiece.Type
 def load_tokenizer(
     path: str,
     model_max_length: int | None = None,
-    padding_side: str = "right",
+    padding_side: str | None = None,
     trust_remote_code: bool = False,
 ):
-    """The tokenizer at `path` with BOS/EOS/pad set explicitly (pad = unk, as FastChat does, if it has none)."""
+    """The tokenizer at `path` with BOS/EOS/pad set explicitly (pad = unk, as FastChat does, if it has none).
+
+    `padding_side` None keeps the side saved with the tokenizer (right if none was saved); a given side is
+    also recorded in init_kwargs, so `save_pretrained` persists it (the cls task trains with left padding).
+    """
     directory = Path(path)
     bare_sentencepiece = (directory / SENTENCEPIECE_FILE).is_file() and not (directory / "tokenizer.json").is_file()
     if bare_sentencepiece:
@@ -57,7 +61,9 @@ def load_tokenizer(
         tokenizer.pad_token = tokenizer.unk_token if tokenizer.unk_token is not None else tokenizer.eos_token
     if model_max_length is not None:
         tokenizer.model_max_length = model_max_length
-    tokenizer.padding_side = padding_side
+    if padding_side is not None:
+        tokenizer.padding_side = padding_side
+        tokenizer.init_kwargs["padding_side"] = padding_side
     return tokenizer
 
 
