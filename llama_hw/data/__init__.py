@@ -3,7 +3,7 @@
 Names are imported on first use (PEP 562), so `llama-hw data inspect` rejects a bad record before
 torch, transformers or datasets are loaded. The public API:
 
-    tokenizer = load_tokenizer(path, model_max_length=None, padding_side="right", trust_remote_code=False)
+    tokenizer = load_tokenizer(path, model_max_length=None, padding_side=None, trust_remote_code=False)
     sft = build_sft_data(DataArguments(data_path=...), tokenizer, model_max_length)  # -> SFTData
     encode_conversation([{"role": "user", "content": ...}, ...], tokenizer, "vicuna_v1.1", max_length)
     make_collator("max" | "dynamic" | "packed", tokenizer, model_max_length, pad_to_multiple_of=None)
