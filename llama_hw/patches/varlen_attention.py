@@ -1,0 +1,134 @@
+"""Variable-length attention on CPU: each sequence attends only within itself, padding is never computed.
+
+With a padding mask or packed rows, PyTorch's CPU sdpa kernel gets a dense [batch, 1, T, T] mask and
+computes every query/key pair of the row: a 2048-token packed row of nine conversations costs as much
+as one 2048-token conversation, and a padded row as much as if it were all text. Here the attention of a
+batch is split into its sequences — per row for padded batches (the attended block of the 2D mask),
+per conversation for packed rows (`cu_seq_lens_q` from llama_hw's packed collator, else the restarts of
+`position_ids`) — and each runs through transformers' own sdpa with `is_causal`; padding outputs are zero
+(nothing reads them: their labels are -100). Measured on bench-20m, packed alpaca rows: step 1.4x faster.
+The results equal masked sdpa up to fp32 rounding (tests/test_bench_patches.py). A mask with holes, a KV
+cache (query shorter than keys) or a 4D mask run stock sdpa with the dense mask.
+
+The mask builder registered with it is transformers' flash-attention one: it hands over the 2D padding
+mask (or None) instead of building the dense 4D mask first.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from llama_hw.patches.attention import attend_mask, register_attention, set_attention_implementation
+from llama_hw.patches.base import Changes, Patch, PatchContext
+
+NAME = "sdpa_varlen"
+
+
+def padded_rows(mask: torch.Tensor) -> tuple[list[int], list[bool]] | None:
+    """Split sizes over the flattened [batch * T] positions and which pieces are attended, for a 2D mask
+    whose ones form one block per row (right or left padding); None when a row has holes."""
+    mask = mask.bool()
+    blocks = mask[:, :1].int() + (mask[:, 1:] & ~mask[:, :-1]).sum(1, dtype=torch.int32)
+    if bool((blocks > 1).any()):
+        return None
+    sizes: list[int] = []
+    attended: list[bool] = []
+    length = mask.shape[1]
+    for first, count in zip(mask.int().argmax(1).tolist(), mask.sum(1).tolist()):
+        first = first if count else length
+        for size, real in ((first, False), (count, True), (length - first - count, False)):
+            if size:
+                sizes.append(size)
+                attended.append(real)
+    return sizes, attended
+
+
+def packed_rows(kwargs: dict, batch: int, length: int) -> list[int] | None:
+    """Split sizes of packed rows: from `cu_seq_lens_q`, else where `position_ids` restart; None if unpacked."""
+    boundaries = kwargs.get("cu_seq_lens_q")
+    if boundaries is not None and kwargs.get("cu_seq_lens_k") is not None:
+        if not torch.equal(boundaries, kwargs["cu_seq_lens_k"]):
+            return None
+        edges = boundaries.tolist()
+        return [end - start for start, end in zip(edges[:-1], edges[1:])] if edges[-1] == batch * length else None
+    positions = kwargs.get("position_ids")
+    if positions is None or positions.dim() != 2:
+        return None
+    positions = positions.expand(batch, -1)
+    starts = torch.ones_like(positions, dtype=torch.bool)
+    starts[:, 1:] = positions[:, 1:] - positions[:, :-1] != 1
+    if int(starts.sum()) == batch:
+        return None  # one sequence per row: plain causal attention
+    edges = starts.reshape(-1).nonzero().squeeze(1).tolist() + [batch * length]
+    return [end - start for start, end in zip(edges[:-1], edges[1:])]
+
+
+def varlen_sdpa(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, **kwargs):
+    """An AttentionInterface function: query [B, H, T, D], key/value [B, H_kv, S, D] -> ([B, T, H, D], None)."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    batch, heads, length, head_dim = query.shape
+    kwargs.pop("is_causal", None)
+    plan = None
+    if key.shape[2] == length and getattr(module, "is_causal", True):
+        if attention_mask is None:
+            sizes = packed_rows(kwargs, batch, length)
+            plan = None if sizes is None else (sizes, [True] * len(sizes))
+            if plan is None:
+                return sdpa_attention_forward(module, query, key, value, None, dropout=dropout, scaling=scaling,
+                                              **kwargs)  # fmt: skip
+        elif attention_mask.dim() == 2:
+            plan = padded_rows(attention_mask)
+    if plan is None:  # stock sdpa on the dense mask
+        if attention_mask is not None and attention_mask.dim() == 2:
+            offset = key.shape[2] - length
+            attention_mask = attend_mask(batch_size=batch, q_length=length, kv_length=key.shape[2], q_offset=offset,
+                                         attention_mask=attention_mask.bool(), device=query.device,
+                                         allow_is_causal_skip=False)  # fmt: skip
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      **kwargs)  # fmt: skip
+    sizes, attended = plan
+
+    def pieces(states: torch.Tensor):  # [B, h, T, D] -> per piece [1, h, n, D]; split's backward is one cat
+        flat = states.transpose(1, 2).reshape(batch * length, states.shape[1], head_dim)
+        return [piece.transpose(0, 1).unsqueeze(0) for piece in flat.split(sizes)]
+
+    outputs = []
+    for real, q, k, v in zip(attended, pieces(query), pieces(key), pieces(value)):
+        if real:
+            out, _ = sdpa_attention_forward(module, q, k, v, None, dropout=dropout, scaling=scaling, is_causal=True)
+            outputs.append(out[0])
+        else:
+            outputs.append(query.new_zeros(q.shape[2], heads, head_dim))
+    return torch.cat(outputs).view(batch, length, heads, head_dim), None
+
+
+def flash_style_mask(**mask_arguments):
+    from transformers.masking_utils import flash_attention_mask
+
+    return flash_attention_mask(**mask_arguments)
+
+
+def check(ctx: PatchContext) -> str | None:
+    if "sdpa_attention" not in ctx.applied:
+        return "needs sdpa_attention (it builds on transformers' sdpa)"
+    return None
+
+
+def apply(ctx: PatchContext) -> Changes:
+    changes = Changes()
+    register_attention(changes, NAME, varlen_sdpa, flash_style_mask)
+    set_attention_implementation(changes, ctx.model, NAME)
+    return changes
+
+
+PATCHES = [
+    Patch(
+        name="varlen_attention",
+        summary="attention per sequence (padded rows, packed conversations): padding and cross-sequence pairs "
+        "are never computed",
+        replaces=f"model attention implementation -> {NAME} (transformers' sdpa per sequence)",
+        scope="model", backends=("cpu",), model_types=("llama",), modes=("train",),
+        check=check, apply=apply, order=46,
+    ),
+]  # fmt: skip
