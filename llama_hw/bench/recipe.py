@@ -1,0 +1,185 @@
+"""`python -m llama_hw.bench` (or `llama-hw bench`): tokens/s/device, MFU, memory; compare runs; loss parity.
+
+    bench run --model PRESET_OR_PATH --seq-len L --micro-batch B --steps N --warmup W [--padding ...] ...
+    bench compare RESULTS.jsonl... [--baseline NAME] [--png compare.png]
+    bench parity A.jsonl B.jsonl [--name-a NAME] [--name-b NAME] [--rtol 0.02] [--png parity.png]
+
+`bench run` also runs under `python -m llama_hw.launch --script benchmarks/bench.py -- run ...` or
+`torchrun -m llama_hw.bench run ...`: every rank trains, rank 0 reports per device.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from llama_hw.bench.data import PADDINGS
+from llama_hw.bench.presets import PRESETS, ShapeOverrides
+from llama_hw.bench.session import SAMPLINGS, ZERO_STAGES, BenchSpec
+from llama_hw.errors import UsageError
+from llama_hw.utils import distributed
+
+DEFAULT_RESULTS = Path("bench_results.jsonl")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line and exit code 2, like every llama_hw error
+        raise UsageError(f"{message} (see `python -m llama_hw.bench {self.prog.split()[-1]} --help`)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="python -m llama_hw.bench", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    run = commands.add_parser("run", help="train W warm-up + N measured steps and measure them")
+    model = run.add_argument_group("model")
+    model.add_argument("--model", required=True, help=f"a preset ({', '.join(PRESETS)}; random weights) or a "
+                       "Hugging Face model directory")  # fmt: skip
+    for flag, what in (("layers", "decoder layers"), ("hidden", "hidden size (heads follow, head size kept)"),
+                       ("heads", "attention heads"), ("kv-heads", "key/value heads"),
+                       ("intermediate", "MLP width (default: Meta's rule for the hidden size)"),
+                       ("vocab", "vocabulary size")):  # fmt: skip
+        model.add_argument(f"--{flag}", type=int, help=f"shrink the preset: {what}")
+    model.add_argument("--finetuning_type", "--finetuning-type", default="full", choices=["full", "lora"],
+                       help="full fine-tuning or LoRA (rank 8 on every linear layer, FastChat's defaults)")  # fmt: skip
+    shape = run.add_argument_group("batch and steps")
+    shape.add_argument("--seq-len", type=int, default=2048, help="model_max_length: rows are at most this long "
+                       "(synthetic samples exactly this long); default 2048")  # fmt: skip
+    shape.add_argument("--micro-batch", type=int, default=1, help="rows per device and forward pass; default 1")
+    shape.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step; default 1")
+    shape.add_argument("--steps", type=int, default=10, help="measured optimizer steps; default 10")
+    shape.add_argument("--warmup", type=int, default=2, help="optimizer steps before measuring; default 2")
+    shape.add_argument("--padding", default="dynamic", choices=PADDINGS,
+                       help="max: every row padded to --seq-len (FastChat); dynamic: to the batch's longest "
+                       "(default, llama_hw's pipeline); packed: rows filled with whole conversations")  # fmt: skip
+    shape.add_argument("--sampling", default="sequential", choices=SAMPLINGS,
+                       help="batch order; default sequential (data order: the same batches on every device)")
+    data = run.add_argument_group("data (default: synthetic rows of --seq-len random tokens)")
+    data.add_argument("--data_path", "--data-path", help="conversations (JSON/JSONL; ShareGPT, OpenAI or alpaca) "
+                      "through llama_hw's data pipeline")  # fmt: skip
+    data.add_argument("--lengths-from", help="synthetic tokens with the lengths of this data set's conversations")
+    data.add_argument("--template", default="vicuna_v1.1", help="conversation template; default vicuna_v1.1")
+    data.add_argument("--tokenizer", help="tokenizer directory (default: the --model directory)")
+    system = run.add_argument_group("device and parallelism")
+    system.add_argument("--device", help="cpu, cuda, npu or auto (default: LLAMA_HW_DEVICE, else auto)")
+    system.add_argument("--precision", choices=["fp32", "bf16", "fp16"], help="default: the device's fastest")
+    system.add_argument("--zero", type=int, default=0, choices=ZERO_STAGES,
+                        help="DeepSpeed ZeRO stage (llama_hw's zeroN preset); 0 = plain DDP (default)")
+    system.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations in backward")
+    system.add_argument("--patches", help="runtime patches: all, none, or names (default: LLAMA_HW_PATCHES, else all)")
+    system.add_argument("--learning-rate", type=float, default=2e-5, help="AdamW learning rate; default 2e-5")
+    system.add_argument("--seed", type=int, default=0, help="weights, synthetic data and sampling seed; default 0")
+    out = run.add_argument_group("output")
+    out.add_argument("--name", help="run name in results and tables (default: model, padding, precision, device)")
+    out.add_argument("--output", type=Path, default=DEFAULT_RESULTS,
+                     help=f"results file, one JSON line per run appended; default {DEFAULT_RESULTS}")
+    out.add_argument("--json", action="store_true", help="quiet: no progress bar; print only the run's JSON line")
+
+    compare = commands.add_parser("compare", help="a markdown table and a bar chart of runs")
+    compare.add_argument("files", nargs="+", type=Path, help="results files of `bench run`")
+    compare.add_argument("--baseline", help="run name the ratios are relative to (default: the first run)")
+    compare.add_argument("--png", type=Path, default=Path("bench_compare.png"), help="bar chart file")
+
+    parity = commands.add_parser("parity", help="overlay two runs' loss curves and judge their agreement")
+    parity.add_argument("a", type=Path, help="results file of the reference run")
+    parity.add_argument("b", type=Path, help="results file of the run to check")
+    parity.add_argument("--name-a", help="run name in A (default: its last run)")
+    parity.add_argument("--name-b", help="run name in B (default: its last run)")
+    parity.add_argument("--rtol", type=float, default=0.02, help="largest relative loss deviation that passes")
+    parity.add_argument("--png", type=Path, default=Path("bench_parity.png"), help="loss plot file")
+    return parser
+
+
+def spec_from(args: argparse.Namespace) -> BenchSpec:
+    overrides = ShapeOverrides(layers=args.layers, hidden=args.hidden, heads=args.heads, kv_heads=args.kv_heads,
+                               intermediate=args.intermediate, vocab=args.vocab)  # fmt: skip
+    return BenchSpec(
+        model=args.model, overrides=overrides, seq_len=args.seq_len, micro_batch=args.micro_batch,
+        grad_accum=args.grad_accum, steps=args.steps, warmup=args.warmup, padding=args.padding,
+        data_path=args.data_path, template=args.template, tokenizer=args.tokenizer, lengths_from=args.lengths_from,
+        finetuning_type=args.finetuning_type, zero=args.zero, precision=args.precision, device=args.device,
+        patches=args.patches, gradient_checkpointing=args.gradient_checkpointing, sampling=args.sampling,
+        learning_rate=args.learning_rate, seed=args.seed, name=args.name,
+    )  # fmt: skip
+
+
+def banner(session) -> str:
+    spec = session.spec
+    return "\n".join([
+        f"llama_hw bench: {session.name}",
+        f"  model: {spec.model} ({spec.finetuning_type}): {session.parameters.describe()}",
+        f"  data: {session.data.description}; {spec.padding} padding, micro batch {spec.micro_batch} x "
+        f"{spec.grad_accum} accumulation, {spec.warmup} warm-up + {spec.steps} measured steps",
+        f"  {session.parallelism.describe()}, {session.precision}",
+        *(f"  note: {note}" for note in session.notes),
+        session.patch_report.render(),
+    ])  # fmt: skip
+
+
+def run(args: argparse.Namespace) -> int:
+    from llama_hw.bench.results import append_jsonl, build_record, summary
+    from llama_hw.bench.session import build_bench_session
+
+    quiet = args.json
+    if quiet:  # keep stdout for the JSON line: libraries' chatter goes to stderr
+        import transformers
+
+        transformers.logging.set_verbosity_error()
+    session = build_bench_session(spec_from(args), progress=not quiet)
+    main_rank = distributed.is_main_process()
+    if main_rank and not quiet:
+        print(banner(session), flush=True)
+    measurement = session.train()
+    if not main_rank:
+        return 0
+    record = build_record(session, measurement)
+    append_jsonl(args.output, record)
+    if quiet:
+        print(json.dumps(record), flush=True)
+    else:
+        print(summary(record))
+        print(f"  appended to {args.output}", flush=True)
+    return 0
+
+
+def compare(args: argparse.Namespace) -> int:
+    from llama_hw.bench.compare import bar_chart, markdown_table, pick_baseline, rows_by_name
+    from llama_hw.bench.results import read_jsonl
+
+    records = [record for path in args.files for record in read_jsonl(path)]
+    if not records:
+        raise UsageError(f"no runs in {', '.join(map(str, args.files))}")
+    rows = rows_by_name(records)
+    baseline = pick_baseline(rows, args.baseline)
+    print(markdown_table(rows, baseline))
+    bar_chart(rows, baseline, args.png)
+    print(f"\nchart: {args.png}")
+    return 0
+
+
+def parity(args: argparse.Namespace) -> int:
+    from llama_hw.bench.parity import compare_losses, loss_plot, pick_run
+    from llama_hw.bench.results import read_jsonl
+
+    a = pick_run(read_jsonl(args.a), args.name_a, args.a)
+    b = pick_run(read_jsonl(args.b), args.name_b, args.b)
+    result = compare_losses(a, b, args.rtol)
+    loss_plot(a, b, result, args.png)
+    print(result.render())
+    print(f"plot: {args.png}")
+    return 0 if result.passed else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    if args.command != "run":
+        return {"compare": compare, "parity": parity}[args.command](args)
+    try:
+        code = run(args)
+    except BaseException:
+        distributed.end_process_group(clean=False)  # another rank may be gone: no barrier
+        raise
+    distributed.end_process_group(clean=True)
+    return code
