@@ -11,7 +11,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -118,23 +120,36 @@ def banner(session) -> str:
     ])  # fmt: skip
 
 
+@contextlib.contextmanager
+def stdout_to_stderr():
+    """Send everything written to stdout (Python or C, e.g. DeepSpeed's import banner) to stderr, so
+    that with --json the run's JSON is the only line on stdout."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def run(args: argparse.Namespace) -> int:
     from llama_hw.bench.results import append_jsonl, build_record, summary
     from llama_hw.bench.session import build_bench_session
 
     quiet = args.json
-    if quiet:  # keep stdout for the JSON line: libraries' chatter goes to stderr
-        import transformers
-
-        transformers.logging.set_verbosity_error()
-    session = build_bench_session(spec_from(args), progress=not quiet)
-    main_rank = distributed.is_main_process()
-    if main_rank and not quiet:
-        print(banner(session), flush=True)
-    measurement = session.train()
-    if not main_rank:
-        return 0
-    record = build_record(session, measurement)
+    with stdout_to_stderr() if quiet else contextlib.nullcontext():
+        session = build_bench_session(spec_from(args), progress=not quiet)
+        main_rank = distributed.is_main_process()
+        if main_rank and not quiet:
+            print(banner(session), flush=True)
+        measurement = session.train()
+        if not main_rank:
+            return 0
+        record = build_record(session, measurement)
     append_jsonl(args.output, record)
     if quiet:
         print(json.dumps(record), flush=True)
