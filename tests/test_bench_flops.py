@@ -95,3 +95,16 @@ def test_impossible_shapes_are_usage_errors(overrides, message):
 def test_an_unknown_preset_lists_the_presets():
     with pytest.raises(UsageError, match="llama2-70b"):
         preset_shape("llama-8b")
+
+
+def test_preset_weights_come_from_the_host_generator_whatever_the_device_rng():
+    """The same seed gives the same weights on every device type: they are drawn on the host."""
+    from llama_hw.bench.session import preset_model
+
+    shape = preset_shape("bench-20m", ShapeOverrides(layers=1, hidden=32, vocab=100))
+    torch.manual_seed(123)  # the default generator's state must not matter
+    model = preset_model(shape, torch.float32, torch.device("cpu"), seed=0)
+    generator = torch.Generator().manual_seed(0)
+    expected_embedding = torch.randn(100, 32, generator=generator) * 0.02
+    torch.testing.assert_close(model.model.embed_tokens.weight, expected_embedding, rtol=0, atol=0)
+    assert torch.equal(model.model.norm.weight, torch.ones(32))

@@ -42,7 +42,7 @@ def git_commit(directory: Path | None = None) -> dict[str, Any]:
     return {"commit": commit, "dirty": bool(status.strip())}
 
 
-def host_description() -> dict[str, Any]:
+def host_description(load_average_at_start: float | None = None) -> dict[str, Any]:
     import psutil
     import torch
 
@@ -55,7 +55,9 @@ def host_description() -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "memory_bytes": psutil.virtual_memory().total,
         "torch_threads": torch.get_num_threads(),
-        "load_average_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        # other work on the machine skews the numbers: the 1-minute load before the run and at its end
+        "load_average_1m_at_start": load_average_at_start,
+        "load_average_1m_at_end": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
     }
 
 
@@ -110,7 +112,7 @@ def build_record(session, measurement: Measurement) -> dict[str, Any]:
         "parallelism": session.parallelism.describe(),
         "patches": list(session.patch_report.applied),
         "versions": versions(),
-        "host": host_description(),
+        "host": host_description(session.load_average_at_start),
         "git": git_commit(),
     }
 

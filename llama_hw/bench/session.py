@@ -10,6 +10,7 @@ forward pre-hook do the measuring, so the numbers are those of the trainer's own
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -114,6 +115,7 @@ class BenchSession:
     data: BenchData
     output_dir: Path
     notes: list[str] = field(default_factory=list)
+    load_average_at_start: float | None = None  # the host's 1-minute load before this run started working
 
     def train(self):
         self.counter.attach(self.trainer.model)
@@ -160,17 +162,29 @@ def train_config(spec: BenchSpec, precision: str, output_dir: Path):
 
 
 def preset_model(shape: ModelShape, dtype, device, seed: int):
-    """A LLaMA model of `shape` with transformers' random initialization (seeded), built on `device`."""
+    """A LLaMA model of `shape`, built on `device`, with weights drawn on the host from `seed`.
+
+    Matrices are N(0, initializer_range) as transformers initializes them, but drawn by a CPU generator
+    one tensor at a time and copied over: every device type starts from the same weights, which loss
+    parity between a GPU and an NPU run needs (device generators differ). Under ZeRO-3 the weights are
+    partitioned while built and DeepSpeed initializes them on the device instead.
+    """
     import torch
     from transformers import AutoModelForCausalLM, set_seed
     from transformers.integrations import is_deepspeed_zero3_enabled
 
     set_seed(seed)
     config = shape.llama_config()
-    if is_deepspeed_zero3_enabled():  # zero.Init partitions while building; it places the shards itself
+    if is_deepspeed_zero3_enabled():
         return AutoModelForCausalLM.from_config(config, dtype=dtype)
     with torch.device(device):
-        return AutoModelForCausalLM.from_config(config, dtype=dtype)
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.dim() >= 2:  # norms keep their ones
+                parameter.copy_(torch.randn(parameter.shape, generator=generator).mul_(config.initializer_range))
+    return model
 
 
 def build_data(spec: BenchSpec, tokenizer, vocab_size: int, world_size: int) -> BenchData:
@@ -187,16 +201,19 @@ def build_bench_session(spec: BenchSpec, progress: bool = True) -> BenchSession:
     """Everything up to the first step. Raises UsageError / DataError / DeviceUnavailable on bad input."""
     from llama_hw.backends import select_backend
 
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     spec.check()
     backend = select_backend(spec.device).backend
     precision = spec.precision or backend.default_precision()
     backend.check_precision(precision)
     output_dir = Path(tempfile.mkdtemp(prefix="llama_hw_bench_"))  # Trainer wants one; nothing is saved
     try:
-        return _build(spec, backend, precision, output_dir, progress)
+        session = _build(spec, backend, precision, output_dir, progress)
     except BaseException:
         shutil.rmtree(output_dir, ignore_errors=True)
         raise
+    session.load_average_at_start = load
+    return session
 
 
 def _build(spec: BenchSpec, backend, precision: str, output_dir: Path, progress: bool) -> BenchSession:
