@@ -69,9 +69,11 @@ def test_parity_picks_runs_by_name_in_one_file(tmp_path, capsys):
     (["run", "--model", "bench-20m", "--padding", "pad"], "argument --padding: invalid choice"),
     (["run", "--model", "bench-20m", "--data_path", "x.json"], "give --tokenizer DIR for --data_path"),
     (["run", "--model", "bench-20m", "--steps", "0"], "--steps must be a positive integer"),
+    (["run", "--model", "bench-20m", "--zero", "2"], "--zero 2 runs DeepSpeed, which needs a launched job"),
 ])  # fmt: skip
 def test_bad_input_is_one_line_and_exit_code_2(argv, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
     assert run_cli(main, argv) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1

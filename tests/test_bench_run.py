@@ -97,19 +97,21 @@ def test_counts_through_the_trainer_match_the_data(padding, one_thread, llama2_t
     assert len(measurement.losses) == 3 and measurement.world_size == 1
 
 
-def test_two_ranks_under_the_launcher_report_per_device(tmp_path):
+@pytest.mark.parametrize("zero, parallelism", [("0", "DDP"), ("2", "DeepSpeed ZeRO-2")])
+def test_two_ranks_under_the_launcher_report_per_device(zero, parallelism, tmp_path):
     import subprocess
 
     output = tmp_path / "results.jsonl"
     command = [sys.executable, "-m", "llama_hw.launch", "--device", "cpu", "--nproc-per-node", "2",
                "--master-port", str(_free_port()), "--script", "benchmarks/bench.py", "--",
                "run", *TINY, "--seq-len", "32", "--micro-batch", "2", "--steps", "2", "--warmup", "1",
-               "--output", str(output), "--json"]  # fmt: skip
+               "--zero", zero, "--output", str(output), "--json"]  # fmt: skip
     result = subprocess.run(command, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     (record,) = [json.loads(line) for line in output.read_text().splitlines()]  # rank 0 writes, once
-    assert record["device"]["count"] == 2 and record["config"]["world_size"] == 2
-    assert record["parallelism"] == "DDP" and record["config"]["global_batch"] == 4
+    assert record["device"]["count"] == 2
+    assert record["config"]["world_size"] == 2  # Trainer's own world size: gradients really are averaged
+    assert record["parallelism"] == parallelism and record["config"]["global_batch"] == 4
     assert record["tokens"]["processed"] == 2 * 2 * 2 * 32  # 2 ranks x 2 measured steps x 2 rows x 32
     seconds = sum(record["step_times_s"])
     assert record["tokens_per_s_per_device"]["processed"] == pytest.approx(record["tokens"]["processed"] / seconds / 2)

@@ -75,8 +75,10 @@ def build_record(session, measurement: Measurement) -> dict[str, Any]:
     world = measurement.world_size
     rates = {key: measurement.per_device_rate(getattr(counts, key)) for key in RATE_KEYS}
     config = asdict(spec)
-    config.update(overrides=asdict(spec.overrides), precision=session.precision, world_size=world,
-                  global_batch=spec.micro_batch * spec.grad_accum * world, data=session.data.description)  # fmt: skip
+    args = session.trainer.args  # what Trainer itself runs with: its world size is the data-parallel one
+    config.update(overrides=asdict(spec.overrides), precision=session.precision, world_size=args.world_size,
+                  global_batch=args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size,
+                  data=session.data.description)  # fmt: skip
     return {
         "schema": SCHEMA_VERSION,
         "name": session.name,

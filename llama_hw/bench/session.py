@@ -83,7 +83,10 @@ class BenchSpec:
             if self.overrides.any():
                 raise UsageError("--layers/--hidden/--heads/--kv-heads/--intermediate/--vocab shrink a preset; "
                                  f"--model {self.model} is a checkpoint directory")  # fmt: skip
-        elif (self.data_path or self.lengths_from) and not self.tokenizer:
+        if self.zero and "LOCAL_RANK" not in os.environ:
+            raise UsageError(f"--zero {self.zero} runs DeepSpeed, which needs a launched job (one process is fine): "
+                             "python -m llama_hw.launch --nproc-per-node N --script benchmarks/bench.py -- run ...")
+        if self.is_preset and (self.data_path or self.lengths_from) and not self.tokenizer:
             raise UsageError(f"--model {self.model} is a preset without a tokenizer: give --tokenizer DIR for "
                              f"{'--data_path' if self.data_path else '--lengths-from'}")  # fmt: skip
 
@@ -131,11 +134,12 @@ def train_config(spec: BenchSpec, precision: str, output_dir: Path):
     """The TrainConfig that `llama_hw.train` would parse for this run."""
     from llama_hw.data import DataArguments
     from llama_hw.train.arguments import FinetuningArguments, ModelArguments, RunArguments
-    from llama_hw.train.config import TrainConfig
+    from llama_hw.train.config import TrainConfig, training_defaults
 
     finetuning = FinetuningArguments(finetuning_type=spec.finetuning_type)
     finetuning.resolve()
-    training = {
+    training = training_defaults()  # as parsed from a command line: every field, the backend fills its own
+    training.update({
         "output_dir": str(output_dir),
         "per_device_train_batch_size": spec.micro_batch,
         "gradient_accumulation_steps": spec.grad_accum,
@@ -151,7 +155,7 @@ def train_config(spec: BenchSpec, precision: str, output_dir: Path):
         "bf16": precision == "bf16",
         "fp16": precision == "fp16",
         "deepspeed": f"zero{spec.zero}" if spec.zero else None,
-    }
+    })
     return TrainConfig(
         model=ModelArguments(model_name_or_path=spec.model, model_max_length=spec.seq_len, padding_side="right"),
         data=DataArguments(data_path=spec.data_path or "", template=spec.template, packing=spec.padding == "packed"),
