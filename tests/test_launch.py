@@ -189,3 +189,15 @@ def test_bad_option_from_the_command_line():
     result = run_launcher("--nodes", "0", "--dry-run")
     assert result.returncode == 2
     assert result.stderr.strip() == "error: --nodes 0: must be 1 or more"
+
+
+def test_no_target_is_the_demo_and_a_dry_run_writes_nothing(tmp_path, capsys, monkeypatch):
+    from llama_hw import demo
+
+    monkeypatch.chdir(tmp_path)
+    assert module_main(RECIPE, ["--dry-run", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert f"--module llama_hw.train --model_name_or_path '<temporary directory: the random initial model>' " \
+           f"--data_path {demo.TRAIN_DATA} --template {demo.DEMO.template}" in out
+    assert f"--max_steps {demo.DEMO.max_steps}" in out and f"--output_dir {tmp_path / 'output' / 'demo'}" in out
+    assert list(tmp_path.iterdir()) == []

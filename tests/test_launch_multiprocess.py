@@ -9,6 +9,8 @@ run, which shows it resumed from its checkpoint rather than starting over.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 
@@ -27,11 +29,17 @@ def launch(*args: str) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "llama_hw.launch", "--device", "cpu", *args],
         cwd=REPO, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True,  # its own process group: a hung launch is killed with its workers
     )
 
 
 def finish(process: subprocess.Popen) -> tuple[int, str]:
-    output, _ = process.communicate(timeout=TIMEOUT)
+    try:
+        output, _ = process.communicate(timeout=TIMEOUT)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        output, _ = process.communicate()
+        pytest.fail(f"the launcher did not finish within {TIMEOUT} s:\n{output[-3000:]}")
     return process.returncode, output
 
 

@@ -13,8 +13,10 @@ import argparse
 import importlib.util
 import os
 import shlex
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from llama_hw.errors import UsageError
@@ -143,10 +145,43 @@ def run_hostfile(options: LaunchOptions) -> int:
     return subprocess.run(fanout.command, env=fanout.environment, check=False).returncode
 
 
+def run_demo(options: LaunchOptions) -> int:
+    """The embedded demo: train the shipped tiny Llama from random weights on the letter puzzles, then
+    score it on the held-out puzzles, before and after, and point at the model directory for chat."""
+    from llama_hw import demo
+    from llama_hw.demo.evaluate import evaluate_model_dir
+
+    output_dir = Path(demo.DEMO.output_dir).resolve()
+    initial = Path("<temporary directory: the random initial model>") if options.dry_run else Path(
+        tempfile.mkdtemp(prefix="llama_hw_demo_initial_"))
+    try:
+        plan = plan_node(options, demo_args=demo.DEMO.trainer_args(initial, output_dir))
+        print(describe_plan(plan, options.dry_run), flush=True)
+        if options.dry_run:
+            return 0
+        demo.write_initial_model(initial)
+        before = evaluate_model_dir(initial, plan.backend, demo.DEMO.template, demo.HELDOUT_DATA)
+        print(f"demo: untrained model on the held-out puzzles: {before.summary()}", flush=True)
+        code = run_torchrun(plan)
+    finally:
+        if not options.dry_run:
+            shutil.rmtree(initial, ignore_errors=True)
+    if code != 0 or not (output_dir / "config.json").is_file():
+        return code  # another node holds the model, or training failed (the trainer said why)
+    after = evaluate_model_dir(output_dir, plan.backend, demo.DEMO.template, demo.HELDOUT_DATA)
+    print(f"demo: trained model on the held-out puzzles: {after.summary()} (untrained: {before.exact_match:.1%})")
+    for question, reference, reply in after.samples:
+        print(f"  {question!r} -> {reply!r} (expected {reference!r})")
+    print(f"demo: talk to it with `python -m llama_hw.chat --model-path {output_dir} --temperature 0`")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     options = parse_options(list(sys.argv[1:] if argv is None else argv))
     if options.hostfile is not None:
         return run_hostfile(options)
+    if options.runs_demo:
+        return run_demo(options)
     plan = plan_node(options)
     print(describe_plan(plan, options.dry_run), flush=True)
     if options.dry_run:
