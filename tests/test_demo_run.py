@@ -32,6 +32,7 @@ def test_demo_learns_the_held_out_puzzles(demo_run):
     assert before and after, output[-3000:]
     assert float(before.group(1)) == 0.0
     assert float(after.group(1)) >= 75.0  # measured 89.3% (seed 0, 2 threads)
+    assert re.search(r"demo: 800 steps in [\d.]+ s, [\d,]+ tokens/s/device", output)
     losses = [float(value) for value in re.findall(r"'loss': '([\d.]+)'", output)]
     assert len(losses) >= 10 and losses[-1] < losses[0] / 10  # the trainer's log: loss going down
 

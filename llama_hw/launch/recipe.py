@@ -168,6 +168,9 @@ def run_demo(options: LaunchOptions) -> int:
             shutil.rmtree(initial, ignore_errors=True)
     if code != 0 or not (output_dir / "config.json").is_file():
         return code  # another node holds the model, or training failed (the trainer said why)
+    speed = demo.training_speed(output_dir, world_size=plan.nodes * plan.nproc_per_node)
+    if speed:
+        print(f"demo: {speed}")
     after = evaluate_model_dir(output_dir, plan.backend, demo.DEMO.template, demo.HELDOUT_DATA)
     print(f"demo: trained model on the held-out puzzles: {after.summary()} (untrained: {before.exact_match:.1%})")
     for question, reference, reply in after.samples:
