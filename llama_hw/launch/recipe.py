@@ -126,8 +126,9 @@ def run_hostfile(options: LaunchOptions) -> int:
     from llama_hw.launch.multinode import plan_fanout
 
     fanout = plan_fanout(options)
-    header = f"llama_hw.launch{' dry run' if options.dry_run else ''}: {len(fanout.hosts)} nodes from {options.hostfile} over pdsh (ssh)"
-    lines = [header, *(f"  node {rank}: {host} (slots={slots})" for rank, (host, slots) in enumerate(fanout.hosts.items()))]
+    lines = [f"llama_hw.launch{' dry run' if options.dry_run else ''}: {len(fanout.hosts)} nodes from "
+             f"{options.hostfile} over pdsh (ssh)"]
+    lines += [f"  node {rank}: {host} (slots={slots})" for rank, (host, slots) in enumerate(fanout.hosts.items())]
     lines.append("  environment exported on every node:")
     lines += [f"    {key}={value}" for key, value in fanout.exports.items()] or ["    (none)"]
     lines.append("  command on this machine:")
