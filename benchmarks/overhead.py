@@ -22,6 +22,7 @@ import torch
 
 from llama_hw.bench import BenchSpec, build_bench_session
 from llama_hw.utils.shared import shared_path
+from run_cpu import wait_for_quiet  # noqa: E402 (benchmarks/ is on sys.path when run as a script)
 
 
 def bare_loop(session, steps: int, warmup: int) -> list[float]:
@@ -57,6 +58,7 @@ def main() -> None:
     parser.add_argument("--padding", default="dynamic", choices=["max", "dynamic", "packed"])
     parser.add_argument("--micro-batch", type=int, default=4)
     parser.add_argument("--seq-len", type=int, default=2048)
+    parser.add_argument("--max-load", type=float, default=1.5, help="start each run below this 1-minute load")
     parser.add_argument("--output", type=Path, help="write the numbers here as JSON")
     args = parser.parse_args()
     spec = BenchSpec(model="bench-20m", seq_len=args.seq_len, micro_batch=args.micro_batch, steps=args.steps,
@@ -64,10 +66,12 @@ def main() -> None:
                      data_path=str(shared_path("data", "alpaca", "alpaca_en_demo.json")),
                      tokenizer=str(shared_path("data", "tokenizers", "llama2")))  # fmt: skip
     def harness_run() -> float:
+        wait_for_quiet(args.max_load)
         measured = build_bench_session(spec, progress=False).train()
         return statistics.median(step.seconds for step in measured.measured)
 
     def bare_run() -> float:
+        wait_for_quiet(args.max_load)
         return statistics.median(bare_loop(build_bench_session(spec, progress=False), args.steps, args.warmup))
 
     bare_run()  # the process's first run pays for page faults and lazy initialisation: not counted

@@ -3,7 +3,9 @@ strategy, with and without llama_hw's runtime patches, plus full 2048-token rows
 
 Each configuration runs `--repeats` times (README tables show the medians, `bench compare` groups runs by
 name). On a shared machine a run starts only once the 1-minute load average is below `--max-load`; the
-load at the start and end of every run is kept in its record (`host.load_average_1m_at_*`).
+load at the start and end of every run is kept in its record (`host.load_average_1m_at_*`). The fp32 GEMM
+peak that MFU divides by is probed first, on the quiet machine (the best of 5 probes of the CPU backend's
+own GEMM probe), and handed to every run as LLAMA_HW_PEAK_TFLOPS; it is written to `--peak-file`.
 
     python benchmarks/run_cpu.py [--repeats 3] [--max-load 1.5] [--only NAME ...] [--output F.jsonl]
 """
@@ -11,6 +13,7 @@ load at the start and end of every run is kept in its record (`host.load_average
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -57,21 +60,39 @@ def wait_for_quiet(max_load: float, poll_s: float = 15.0, give_up_s: float = 360
     return load
 
 
+def quiet_peak_tflops(max_load: float, probes: int = 5) -> list[float]:
+    """The CPU backend's fp32 GEMM probe, `probes` times on a quiet machine (a cached probe may have run busy)."""
+    import torch
+
+    from llama_hw.backends.cpu import measure_gemm_tflops
+
+    wait_for_quiet(max_load)
+    return [round(measure_gemm_tflops(torch.float32), 4) for _ in range(probes)]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--max-load", type=float, default=1.5)
     parser.add_argument("--only", nargs="*", help="run names to run (default: all)")
     parser.add_argument("--output", type=Path, default=HERE / "results" / "cpu.jsonl")
+    parser.add_argument("--peak-file", type=Path, default=HERE / "results" / "cpu_peak.json")
     args = parser.parse_args()
     names = args.only or list(RUNS)
+    env = dict(os.environ)
+    if "LLAMA_HW_PEAK_TFLOPS" not in env:
+        probes = quiet_peak_tflops(args.max_load)
+        env["LLAMA_HW_PEAK_TFLOPS"] = f"fp32={max(probes)}"
+        args.peak_file.parent.mkdir(parents=True, exist_ok=True)
+        args.peak_file.write_text(json.dumps({"fp32_tflops_probes": probes, "used": max(probes)}) + "\n")
+        print(f"fp32 GEMM peak: {max(probes)} TFLOP/s (probes {probes})", file=sys.stderr, flush=True)
     for repeat in range(args.repeats):
         for name in names:
             load = wait_for_quiet(args.max_load)
             print(f"[{repeat + 1}/{args.repeats}] {name} (load {load:.2f})", file=sys.stderr, flush=True)
             command = [sys.executable, "-m", "llama_hw.bench", "run", *RUNS[name], "--name", name,
                        "--output", str(args.output), "--json"]  # fmt: skip
-            result = subprocess.run(command, capture_output=True, text=True)
+            result = subprocess.run(command, capture_output=True, text=True, env=env)
             if result.returncode != 0:
                 sys.exit(f"{name} failed:\n{result.stderr[-3000:]}")
 
