@@ -179,6 +179,11 @@ def training_arguments(config: TrainConfig, backend: Backend, parallelism: Paral
         kwargs["tf32"] = None
     if kwargs.get("remove_unused_columns") == defaults["remove_unused_columns"]:
         kwargs["remove_unused_columns"] = False  # the data pipeline's collator decides what the model sees
+    if kwargs.get("ddp_find_unused_parameters") is None:
+        # Every weight of a LLaMA model (and every LoRA adapter) gets a gradient each step; Trainer's
+        # default (True unless checkpointing) makes DDP walk the autograd graph after every backward,
+        # and under torchrun accelerate wraps even a single process in DDP.
+        kwargs["ddp_find_unused_parameters"] = False
     kwargs["deepspeed"] = parallelism.deepspeed
     kwargs.update(fsdp=None, fsdp_config=None)
     if parallelism.fsdp is not None and not parallelism.fsdp_at_load:
