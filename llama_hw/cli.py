@@ -34,7 +34,7 @@ def dispatch(argv: list[str] | None = None) -> int | None:
     command, rest = args[0], args[1:]
     if command not in COMMANDS:
         raise UsageError(f"unknown command {command!r}; run `llama-hw --help` for the list")
-    import_torch()  # a broken torch_npu breaks `import torch`: report it as a fixable error
+    import_torch()  # a broken device extension breaks `import torch`: report it as a fixable error
     module = importlib.import_module(COMMANDS[command][0])
     return module.main(rest)
 

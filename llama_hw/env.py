@@ -10,7 +10,8 @@ from typing import Any
 
 from llama_hw.backends import AUTO, backend_classes, select_backend
 from llama_hw.patches import describe_patches
-from llama_hw.utils.imports import cann_version, package_version
+from llama_hw.backends.npu import cann_version
+from llama_hw.utils.imports import package_version
 
 VERSIONED_DISTRIBUTIONS = (
     "torch", "torch-npu", "transformers", "peft", "accelerate", "deepspeed", "fschat",

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from llama_hw.backends import Backend
-from llama_hw.utils.imports import import_torch_npu, package_version
+from llama_hw.backends.npu import import_torch_npu
+from llama_hw.utils.imports import package_version
 
 MODES = ("train", "infer")
 SCOPES = ("process", "model")
