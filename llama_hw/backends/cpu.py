@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from llama_hw.backends.base import TORCH_DTYPES, Availability, Backend, MemoryStats
+from llama_hw.utils.files import write_json_atomically
 
 CACHE_DIR_ENV = "LLAMA_HW_CACHE_DIR"
 _CLEAR_REFS = "/proc/self/clear_refs"
@@ -133,10 +134,7 @@ class CpuBackend(Backend):
                 cached = {}
         if key not in cached:
             cached[key] = round(measure_gemm_tflops(TORCH_DTYPES[precision]), 4)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".tmp{os.getpid()}")
-            tmp.write_text(json.dumps(cached, indent=1, sort_keys=True))
-            os.replace(tmp, path)
+            write_json_atomically(path, cached, indent=1)
         return float(cached[key])
 
     def launcher_env(self, nproc_per_node: int) -> dict[str, str]:

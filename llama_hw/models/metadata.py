@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from llama_hw.errors import DataError, UsageError
+from llama_hw.utils.files import write_json_atomically
 
 METADATA_FILE = "llama_hw.json"
 FORMAT_VERSION = 1
@@ -35,13 +36,7 @@ def write_run_metadata(directory: str | os.PathLike, *, template: str, **fields:
     record.update({key: os.fspath(value) if isinstance(value, os.PathLike) else value
                    for key, value in fields.items()})
     path = metadata_path(directory)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{METADATA_FILE}.tmp{os.getpid()}")
-    try:
-        tmp.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_json_atomically(path, record)
     return path
 
 

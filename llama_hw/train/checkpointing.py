@@ -10,7 +10,6 @@ finished model.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -18,21 +17,13 @@ from pathlib import Path
 
 from llama_hw.errors import UsageError
 from llama_hw.models import METADATA_FILE
+from llama_hw.utils.files import write_json_atomically
 
 CHECKPOINT_MARKER = "llama_hw_checkpoint.json"
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 STAGING_DIR = ".llama_hw-final.partial"
 RESUME_AUTO = ("auto", "latest", "true", "yes", "1")
 RESUME_NEVER = ("false", "no", "none", "0", "")
-
-
-def write_json_atomically(path: Path, record: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        tmp.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def mark_complete(checkpoint: Path, step: int, world_size: int) -> None:
