@@ -2,7 +2,7 @@
 
 Appended as one line to a JSONL results file (`bench compare` and `bench parity` read those), printed as
 a short summary, or as the last line of stdout with `--json`. The keys scripts rely on are listed in
-REQUIRED_KEYS and documented in docs/readme/bench.md.
+REQUIRED_KEYS and documented in the README (Benchmarks, "The JSON line").
 """
 
 from __future__ import annotations
