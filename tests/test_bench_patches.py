@@ -14,6 +14,7 @@ import torch
 from bench_support import tiny_llama
 from llama_hw.backends.cpu import CpuBackend
 from llama_hw.patches import apply_patches
+from llama_hw.patches import varlen_attention
 from llama_hw.patches.chunked_cross_entropy import LinearCrossEntropy, causal_lm_loss
 
 X = -100
@@ -131,11 +132,8 @@ def test_num_items_in_batch_divides_the_sum_as_transformers_does():
     assert LinearCrossEntropy.apply(hidden[0, :0], weight, labels[0, :0], 4).item() == 0.0  # nothing labelled
 
 
-def test_packed_conversations_and_padding_are_never_attended_across(stock, monkeypatch):
-    """The sdpa kernel sees each conversation alone (15 and 20 tokens, the 5-token padding segment too),
-    and for a right-padded row only its text."""
-    model = copy.deepcopy(stock).train()
-    report = apply_patches(model, CpuBackend(), "train")
+def spy_on_sdpa(monkeypatch) -> list[tuple]:
+    """Record (batch, query length, no mask, is_causal) of every sdpa kernel call."""
     seen = []
     original = torch.nn.functional.scaled_dot_product_attention
 
@@ -144,10 +142,46 @@ def test_packed_conversations_and_padding_are_never_attended_across(stock, monke
         return original(query, key, value, **kwargs)
 
     monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    return seen
+
+
+def test_packed_conversations_and_padding_are_never_attended_across(stock, monkeypatch):
+    """The sdpa kernel sees each conversation alone (15 and 20 tokens, the 5-token padding segment too),
+    and for a right-padded row only its text."""
+    monkeypatch.setattr(varlen_attention, "CALL_COST", 0)  # split whenever a pair is saved
+    model = copy.deepcopy(stock).train()
+    report = apply_patches(model, CpuBackend(), "train")
+    seen = spy_on_sdpa(monkeypatch)
     model(**batches()["packed (cu_seq_lens)"])
     layers = model.config.num_hidden_layers
     assert seen == [(1, length, True, True) for length in (15, 20, 5) * 3] * layers
     seen.clear()
     model(**batches()["right padding"])
     assert seen == [(1, length, True, True) for length in (40, 30, 12)] * layers
+    report.revert()
+
+
+def test_short_padded_rows_run_one_dense_call_and_unpadded_rows_one_causal_call(stock, monkeypatch):
+    """Per-sequence calls cost more than they save for a few short rows (the demo's batches): one masked call
+    per layer instead, with the same loss; a padding mask without padding needs no mask at all."""
+    model = copy.deepcopy(stock).train()
+    report = apply_patches(model, CpuBackend(), "train")
+    seen = spy_on_sdpa(monkeypatch)
+    layers = model.config.num_hidden_layers
+    padded = batches()["right padding"]
+    default_cost = varlen_attention.CALL_COST
+
+    def loss_with(call_cost):
+        monkeypatch.setattr(varlen_attention, "CALL_COST", call_cost)
+        seen.clear()
+        return model(**padded).loss
+
+    dense = loss_with(default_cost)
+    assert seen == [(3, 40, False, False)] * layers  # one call on the dense mask
+    split = loss_with(0)
+    assert seen == [(1, length, True, True) for length in (40, 30, 12)] * layers
+    torch.testing.assert_close(dense, split, **CLOSE)
+    seen.clear()
+    model(input_ids=padded["input_ids"], attention_mask=torch.ones_like(padded["input_ids"]), labels=padded["labels"])
+    assert seen == [(3, 40, True, True)] * layers
     report.revert()
