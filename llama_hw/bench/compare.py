@@ -4,7 +4,7 @@ Rows are run names; several runs with the same name (repeats on a busy machine) 
 medians, with the number of runs. "tokens/s/p" is effective tokens (no padding) per second per device and
 "MFU" is `mfu_effective`, the FLOPs of that text: padding is not work, and with runtime patches that skip
 it (CPU varlen attention, the head at labelled positions) the processed MFU can even pass 100 %. The
-processed rate, which counts padding as the seed's numbers did, has its own column.
+processed rate, which counts padding as the Ascend port's numbers did, has its own column.
 """
 
 from __future__ import annotations

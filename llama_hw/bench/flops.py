@@ -14,7 +14,7 @@ Two choices make the count describe the training objective rather than one imple
 - the context of a token is the sequence the attention runs over as the batch is laid out: the padded
   row for padded batches, its own conversation for packed rows (block-diagonal attention).
 So a batch costs `body x tokens + head x labelled positions + attention_coefficient x sum of length^2`.
-`mfu` applies it to every processed position (padding included, as the seed counted), `mfu_effective` to
+`mfu` applies it to every processed position (padding included, as the Ascend port counted), `mfu_effective` to
 real text only (the real sequences' own lengths): the work any correct implementation must do.
 """
 

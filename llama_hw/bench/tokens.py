@@ -1,6 +1,6 @@
 """Counting the tokens of a batch three ways, on the device and without waiting for it.
 
-- processed: every position the model computes, padding included (what the seed's "tokens/s" counted);
+- processed: every position the model computes, padding included (what the Ascend port's "tokens/s" counted);
 - effective: positions holding real text (attention_mask, or for packed rows everything but the padding
   segment the packed collator appends: a trailing sequence without a single label);
 - trained: positions whose next-token label is not -100 (what the loss is averaged over).
