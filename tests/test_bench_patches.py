@@ -97,6 +97,35 @@ def test_eval_mode_and_calls_without_labels_get_logits(stock):
     report.revert()
 
 
+def test_the_patched_model_continues_from_a_kv_cache_passed_under_this_transformers_name(stock):
+    # transformers 5.24 renamed `past_key_values` to `cache` (the old name warns, and goes in 5.40): the
+    # patches must not pass the old name themselves nor drop the caller's cache, and queries that follow
+    # a cache attend causally to all of it (sdpa's own is_causal would align them with the first keys).
+    import inspect
+    import warnings
+
+    from transformers import DynamicCache
+
+    cache_name = "cache" if "cache" in inspect.signature(type(stock).forward).parameters else "past_key_values"
+    model = copy.deepcopy(stock)
+    report = apply_patches(model, CpuBackend(), "train")
+    ids = torch.randint(3, 384, (2, 16))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        model.train()
+        trained = model(input_ids=ids, labels=ids, use_cache=True)
+        assert trained.loss is not None and trained.logits is None
+        model.eval()
+        with torch.no_grad():
+            cache = DynamicCache(config=model.config)
+            model(input_ids=ids[:, :10], use_cache=True, **{cache_name: cache})
+            assert cache.get_seq_length() == 10  # the stock forward filled the caller's cache
+            step = model(input_ids=ids[:, 10:], use_cache=True, **{cache_name: cache}).logits
+            whole = model(input_ids=ids).logits
+    torch.testing.assert_close(step, whole[:, 10:], **CLOSE)
+    report.revert()
+
+
 def test_the_patches_serve_training_on_cpu_only(stock):
     model = copy.deepcopy(stock)
     report = apply_patches(model, CpuBackend(), "infer")

@@ -116,10 +116,14 @@ def head_is_whole(model) -> bool:
 
 
 def chunked_loss_forward(stock):
-    """`LlamaForCausalLM.forward` (`stock`, bound), returning only the loss in training mode."""
+    """`LlamaForCausalLM.forward` (`stock`, bound), returning only the loss in training mode.
 
-    def forward(input_ids=None, attention_mask=None, position_ids=None, past_key_values=None, inputs_embeds=None,
-                labels=None, use_cache=None, logits_to_keep=0, **kwargs):  # fmt: skip
+    The KV cache is never named here: transformers 5.24 renamed `past_key_values` to `cache` (the old name
+    warns, and goes in 5.40), so whichever the caller passes travels in `kwargs` to the stock code.
+    """
+
+    def forward(input_ids=None, attention_mask=None, position_ids=None, *, inputs_embeds=None, labels=None,
+                use_cache=None, logits_to_keep=0, **kwargs):  # fmt: skip
         model = stock.__self__
         if not (
             model.training
@@ -131,19 +135,19 @@ def chunked_loss_forward(stock):
             and head_is_whole(model)
         ):
             return stock(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                         past_key_values=past_key_values, inputs_embeds=inputs_embeds, labels=labels,
-                         use_cache=use_cache, logits_to_keep=logits_to_keep, **kwargs)  # fmt: skip
+                         inputs_embeds=inputs_embeds, labels=labels, use_cache=use_cache,
+                         logits_to_keep=logits_to_keep, **kwargs)  # fmt: skip
         from transformers.modeling_outputs import CausalLMOutputWithPast
 
         num_items_in_batch = kwargs.pop("num_items_in_batch", None)
         shift_labels = kwargs.pop("shift_labels", None)
         outputs = model.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                              past_key_values=past_key_values, inputs_embeds=inputs_embeds, use_cache=use_cache,
-                              **kwargs)  # fmt: skip
+                              inputs_embeds=inputs_embeds, use_cache=use_cache, **kwargs)  # fmt: skip
         loss = causal_lm_loss(outputs.last_hidden_state, model.lm_head.weight, labels, shift_labels,
                               num_items_in_batch)  # fmt: skip
-        return CausalLMOutputWithPast(loss=loss, past_key_values=outputs.past_key_values,
-                                      hidden_states=outputs.hidden_states, attentions=outputs.attentions)  # fmt: skip
+        # the cache, hidden states and attentions under the names this transformers gives them; no logits
+        rest = {name: value for name, value in outputs.items() if name != "last_hidden_state"}
+        return CausalLMOutputWithPast(loss=loss, **rest)
 
     return forward
 

@@ -100,8 +100,11 @@ def varlen_sdpa(module, query, key, value, attention_mask, dropout: float = 0.0,
             if plan is not None and not splitting_pays(*plan, batch, length, heads, head_dim):
                 plan = None
     if plan is None:  # stock sdpa on the dense mask
+        offset = key.shape[2] - length
+        if attention_mask is None and offset and length > 1 and getattr(module, "is_causal", True):
+            # New queries after a KV cache: sdpa's is_causal would line them up with the first keys.
+            attention_mask = torch.ones(batch, key.shape[2], dtype=torch.bool, device=query.device)
         if attention_mask is not None and attention_mask.dim() == 2:
-            offset = key.shape[2] - length
             attention_mask = attend_mask(batch_size=batch, q_length=length, kv_length=key.shape[2], q_offset=offset,
                                          attention_mask=attention_mask.bool(), device=query.device,
                                          allow_is_causal_skip=False)  # fmt: skip
