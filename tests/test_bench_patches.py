@@ -7,9 +7,12 @@ pipeline makes, and step aside where it does not apply.
 from __future__ import annotations
 
 import copy
+import inspect
+import warnings
 
 import pytest
 import torch
+from transformers import DynamicCache
 
 from bench_support import tiny_llama
 from llama_hw.backends.cpu import CpuBackend
@@ -101,11 +104,6 @@ def test_the_patched_model_continues_from_a_kv_cache_passed_under_this_transform
     # transformers 5.24 renamed `past_key_values` to `cache` (the old name warns, and goes in 5.40): the
     # patches must not pass the old name themselves nor drop the caller's cache, and queries that follow
     # a cache attend causally to all of it (sdpa's own is_causal would align them with the first keys).
-    import inspect
-    import warnings
-
-    from transformers import DynamicCache
-
     cache_name = "cache" if "cache" in inspect.signature(type(stock).forward).parameters else "past_key_values"
     model = copy.deepcopy(stock)
     report = apply_patches(model, CpuBackend(), "train")
