@@ -19,6 +19,9 @@ from llama_hw.errors import UsageError
 from llama_hw.models.metadata import read_run_metadata
 
 ADAPTER_CONFIG = "adapter_config.json"
+# peft's own file names (peft.utils.SAFETENSORS_WEIGHTS_NAME / WEIGHTS_NAME): when neither is in the folder,
+# peft takes the folder's path for a Hub repo id and goes to the network.
+ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
 TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json")
 # Share of each device's free memory a multi-device placement may fill: the rest is left for the KV
 # cache and activations that grow during generation (FastChat keeps 15% back for the same reason).
@@ -44,6 +47,27 @@ class ModelSource:
 
 def is_adapter_dir(path: Path) -> bool:
     return (path / ADAPTER_CONFIG).is_file()
+
+
+def check_adapter_dir(path: str | os.PathLike, *, flag: str = "--adapter") -> None:
+    """Raise UsageError unless `path` is a local LoRA adapter folder with its config and its weights.
+
+    Called before peft sees the folder: peft reads a folder without adapter weights as a Hub repo id
+    (a network attempt, then a traceback far from the cause).
+    """
+    folder = Path(path).expanduser()
+    if not folder.exists():
+        raise UsageError(f"{flag} {folder} does not exist; give the directory a LoRA training run saved")
+    if not folder.is_dir():
+        raise UsageError(f"{flag} {folder} is a file, not a directory; give the directory a LoRA training run saved")
+    if not (folder / ADAPTER_CONFIG).is_file():
+        raise UsageError(f"{flag} {folder} has no {ADAPTER_CONFIG}; it is not a LoRA adapter directory "
+                         "(give the directory a LoRA training run saved)")
+    if not any((folder / name).is_file() for name in ADAPTER_WEIGHTS):
+        raise UsageError(
+            f"{flag} {folder} has {ADAPTER_CONFIG} but no adapter weights ({' or '.join(ADAPTER_WEIGHTS)}); "
+            "copy the adapter's weights into it or give the directory the training run saved"
+        )
 
 
 def adapter_base_model(adapter: Path) -> str | None:
@@ -75,6 +99,7 @@ def resolve_model_source(model_path: str | os.PathLike, adapter: str | os.PathLi
     model_dir = Path(model_path).expanduser()
     if adapter is None and is_adapter_dir(model_dir):
         adapter_dir = model_dir
+        check_adapter_dir(adapter_dir, flag="--model-path")
         base = adapter_base_model(adapter_dir)
         if not base:
             raise UsageError(f"adapter {adapter_dir} does not record its base model; pass the base as --model-path "
@@ -84,9 +109,8 @@ def resolve_model_source(model_path: str | os.PathLike, adapter: str | os.PathLi
     else:
         _require_model_dir(model_dir, "--model-path")
         adapter_dir = Path(adapter).expanduser() if adapter is not None else None
-        if adapter_dir is not None and not is_adapter_dir(adapter_dir):
-            what = "does not exist" if not adapter_dir.exists() else f"has no {ADAPTER_CONFIG}"
-            raise UsageError(f"--adapter {adapter_dir} {what}; give the directory a LoRA run saved")
+        if adapter_dir is not None:
+            check_adapter_dir(adapter_dir)
     metadata = read_run_metadata(model_dir)
     if adapter_dir is not None:
         metadata = {**metadata, **read_run_metadata(adapter_dir)}
@@ -134,6 +158,7 @@ def apply_adapter(model, adapter: Path, merge: bool):
     from peft import PeftModel
     from peft.utils import get_peft_model_state_dict, load_peft_weights
 
+    check_adapter_dir(adapter)
     try:
         peft_model = PeftModel.from_pretrained(model, str(adapter), is_trainable=False)
     except (RuntimeError, ValueError, KeyError) as err:
