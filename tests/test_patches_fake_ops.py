@@ -148,23 +148,141 @@ def test_heads_must_divide_and_match_head_num(ops):
         ops.npu_fusion_attention(q[:, :3], k, v, 3, "BNSD")
 
 
-def test_varlen_tnd_is_attention_per_sequence(ops):
-    lengths = [3, 5, 2]
-    generator = torch.Generator().manual_seed(1)
-    q = torch.randn(sum(lengths), NQ, D, generator=generator)
-    k = torch.randn(sum(lengths), NKV, D, generator=generator)
-    v = torch.randn(sum(lengths), NKV, D, generator=generator)
-    ends = [3, 8, 10]  # cumulative, without the leading 0
+def tnd(lengths, kv_lengths=None, seed=1, heads=NQ, kv_heads=NKV):
+    generator = torch.Generator().manual_seed(seed)
+    kv_total = sum(kv_lengths or lengths)
+    q = torch.randn(sum(lengths), heads, D, generator=generator)
+    k = torch.randn(kv_total, kv_heads, D, generator=generator)
+    v = torch.randn(kv_total, kv_heads, D, generator=generator)
+    return q, k, v
+
+
+def per_document_sdpa(q, k, v, q_lengths, kv_lengths, scale, bottom_right=True):
+    """Independent formula: torch sdpa on each document, causal from the bottom-right (or top-left) corner."""
+    outs, q_start, kv_start = [], 0, 0
+    for q_len, kv_len in zip(q_lengths, kv_lengths):
+        piece_q = q[q_start : q_start + q_len].transpose(0, 1)
+        piece_k, piece_v = (t[kv_start : kv_start + kv_len].transpose(0, 1) for t in (k, v))
+        rows, cols = torch.arange(q_len)[:, None], torch.arange(kv_len)[None, :]
+        attend = cols <= rows + (kv_len - q_len if bottom_right else 0)
+        out = F.scaled_dot_product_attention(piece_q, piece_k, piece_v, attn_mask=attend, scale=scale, enable_gqa=True)
+        outs.append(out.transpose(0, 1))
+        q_start, kv_start = q_start + q_len, kv_start + kv_len
+    return torch.cat(outs)
+
+
+def cumulative(lengths):
+    return torch.tensor(lengths).cumsum(0).tolist()
+
+
+@pytest.mark.parametrize("lengths", [[3, 5, 2], [10], [1, 7, 1, 1], [4, 0, 6]], ids=["unequal", "one", "ones", "empty"])
+def test_varlen_tnd_sparse_mode_3_is_causal_attention_per_document(ops, lengths):
+    q, k, v = tnd(lengths)
+    ends = cumulative(lengths)  # cumulative, without the leading 0: [3, 8, 10]
     out = ops.npu_fusion_attention(
         q, k, v, NQ, "TND", atten_mask=triu_2048(), sparse_mode=3, scale=0.2,
         actual_seq_qlen=ends, actual_seq_kvlen=ends,
     )[0]  # fmt: skip
-    start = 0
-    for end in ends:
-        piece = [t[start:end].transpose(0, 1).unsqueeze(0) for t in (q, k, v)]
-        expected = F.scaled_dot_product_attention(*piece, is_causal=True, scale=0.2, enable_gqa=True)
-        torch.testing.assert_close(out[start:end], expected[0].transpose(0, 1), rtol=0, atol=1e-6)
-        start = end
+    assert out.shape == q.shape
+    torch.testing.assert_close(out, per_document_sdpa(q, k, v, lengths, lengths, 0.2), rtol=0, atol=1e-6)
+
+
+def test_varlen_tnd_with_queries_shorter_than_keys_aligns_modes_2_and_3_to_their_corners(ops):
+    q_lengths, kv_lengths = [2, 3], [5, 4]
+    q, k, v = tnd(q_lengths, kv_lengths)
+    ends = {"actual_seq_qlen": cumulative(q_lengths), "actual_seq_kvlen": cumulative(kv_lengths)}
+    for mode, bottom_right in ((3, True), (2, False)):
+        out = ops.npu_fusion_attention(q, k, v, NQ, "TND", atten_mask=triu_2048(), sparse_mode=mode, scale=0.3, **ends)[0]
+        expected = per_document_sdpa(q, k, v, q_lengths, kv_lengths, 0.3, bottom_right=bottom_right)
+        torch.testing.assert_close(out, expected, rtol=0, atol=1e-6)
+
+
+def test_varlen_tnd_without_a_mask_attends_every_key_of_its_document(ops):
+    lengths = [3, 4]
+    q, k, v = tnd(lengths, heads=2, kv_heads=2)
+    ends = cumulative(lengths)
+    out = ops.npu_fusion_attention(q, k, v, 2, "TND", scale=0.2, actual_seq_qlen=ends, actual_seq_kvlen=ends)[0]
+    first = F.scaled_dot_product_attention(*(t[:3].transpose(0, 1) for t in (q, k, v)), scale=0.2)
+    torch.testing.assert_close(out[:3], first.transpose(0, 1), rtol=0, atol=1e-6)
+
+
+def test_varlen_tnd_trailing_zeros_leave_batches_out(ops):
+    lengths = [2, 3, 4]
+    q, k, v = tnd(lengths)
+    ends = [2, 5, 9, 0, 0]  # the documented example: the last two batches take no part
+    out = ops.npu_fusion_attention(
+        q, k, v, NQ, "TND", atten_mask=triu_2048(), sparse_mode=3, scale=0.2, actual_seq_qlen=ends, actual_seq_kvlen=ends,
+    )[0]  # fmt: skip
+    torch.testing.assert_close(out, per_document_sdpa(q, k, v, lengths, lengths, 0.2), rtol=0, atol=1e-6)
+
+
+def test_varlen_tnd_a_leading_zero_is_an_empty_first_batch_not_an_offset(ops):
+    q, k, v = tnd([3, 5])
+    arguments = {"atten_mask": triu_2048(), "sparse_mode": 3, "scale": 0.2}
+    out = ops.npu_fusion_attention(q, k, v, NQ, "TND", actual_seq_qlen=[3, 8], actual_seq_kvlen=[3, 8], **arguments)[0]
+    led = ops.npu_fusion_attention(q, k, v, NQ, "TND", actual_seq_qlen=[0, 3, 8], actual_seq_kvlen=[0, 3, 8], **arguments)
+    torch.testing.assert_close(led[0], out, rtol=0, atol=0)
+    with pytest.raises(RuntimeError, match="end at T"):  # flash-attn's cu_seqlens [0, 3, 8] minus its tail
+        ops.npu_fusion_attention(q, k, v, NQ, "TND", actual_seq_qlen=[0, 3], actual_seq_kvlen=[0, 3], **arguments)
+
+
+def test_varlen_tnd_softmax_statistics_are_ntd_unless_asked_for_tnd(ops):
+    lengths = [3, 5]
+    q, k, v = tnd(lengths)
+    ends = cumulative(lengths)
+    arguments = {"atten_mask": triu_2048(), "sparse_mode": 3, "actual_seq_qlen": ends, "actual_seq_kvlen": ends}
+    _, softmax_max, softmax_sum, *_ = ops.npu_fusion_attention(q, k, v, NQ, "TND", **arguments)
+    assert softmax_max.shape == softmax_sum.shape == (NQ, 8, 8)
+    _, tnd_max, _, *_ = ops.npu_fusion_attention(q, k, v, NQ, "TND", softmax_layout="TND", **arguments)
+    assert tnd_max.shape == (8, NQ, 8)
+    torch.testing.assert_close(tnd_max, softmax_max.transpose(0, 1))
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"actual_seq_qlen": [3, 5], "actual_seq_kvlen": [3, 5]}, "end at T"),  # lengths, not cumulative ends
+        ({"actual_seq_qlen": [3, 2, 8], "actual_seq_kvlen": [3, 2, 8]}, "cumulative"),
+        ({"actual_seq_qlen": [3, 8], "actual_seq_kvlen": [8]}, "differ in batches"),
+        ({"actual_seq_qlen": None}, "needs actual_seq_qlen"),
+        ({"atten_mask": torch.ones(8, 8, dtype=torch.bool).triu(1)}, "compressed 2048x2048"),
+        ({"sparse_mode": 0, "atten_mask": torch.ones(8, 8, dtype=torch.bool).triu(1)}, "max Sq, max Skv"),
+        ({"sparse_mode": 5}, "prefix"),
+        ({"keep_prob": 0.0}, "keep_prob"),
+        ({"head_num": NQ * 2}, "head_num"),
+    ],
+)
+def test_varlen_tnd_refuses_what_the_documentation_rules_out(ops, change, message):
+    q, k, v = tnd([3, 5])
+    arguments = {"head_num": NQ, "atten_mask": triu_2048(), "sparse_mode": 3, "scale": 0.2,
+                 "actual_seq_qlen": [3, 8], "actual_seq_kvlen": [3, 8], **change}  # fmt: skip
+    with pytest.raises(RuntimeError, match=message):
+        ops.npu_fusion_attention(q, k, v, input_layout="TND", **arguments)
+
+
+def test_varlen_tnd_refuses_a_full_mask_row_as_padding(ops):
+    q, k, v = tnd([3, 5])
+    mask = torch.ones(5, 5, dtype=torch.bool).triu(1)
+    mask[4] = True  # a padded query row: the varlen scenario has no padding inside the mask
+    with pytest.raises(RuntimeError, match="all 1"):
+        ops.npu_fusion_attention(q, k, v, NQ, "TND", atten_mask=mask, actual_seq_qlen=[3, 8], actual_seq_kvlen=[3, 8])
+
+
+def test_varlen_tnd_gradients_equal_per_document_sdpa(ops):
+    lengths = [4, 1, 6]
+    q, k, v = (t.requires_grad_() for t in tnd(lengths))
+    ends = cumulative(lengths)
+    weights = torch.randn(sum(lengths), NQ, D, generator=torch.Generator().manual_seed(2))
+    out = ops.npu_fusion_attention(
+        q, k, v, NQ, "TND", atten_mask=triu_2048(), sparse_mode=3, scale=0.25, actual_seq_qlen=ends, actual_seq_kvlen=ends,
+    )[0]  # fmt: skip
+    (out * weights).sum().backward()
+    grads = [t.grad.clone() for t in (q, k, v)]
+    for t in (q, k, v):
+        t.grad = None
+    (per_document_sdpa(q, k, v, lengths, lengths, 0.25) * weights).sum().backward()
+    for grad, t in zip(grads, (q, k, v)):
+        torch.testing.assert_close(grad, t.grad, rtol=0, atol=1e-5)
 
 
 def test_fusion_attention_is_differentiable_like_sdpa(ops):

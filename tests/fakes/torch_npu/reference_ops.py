@@ -17,6 +17,35 @@ MAX_TOCKENS = 2147483647
 LAYOUTS = ("BSH", "SBH", "BSND", "BNSD", "TND")
 COMPRESSED_MASK_SIZE = 2048  # sparse_mode 2/3/4 take the optimised triu(ones(2048, 2048), 1) mask
 FLOAT_TYPES = (torch.float16, torch.bfloat16, torch.float32)
+MAX_VARLEN_BATCHES = 1024  # "actual_seq_qlen的长度取值范围为1~2K，varlen场景下长度最大支持1K"
+MAX_VARLEN_TOKENS = 1024 * 1024  # "varlen场景下：要求T（B*S）取值范围1~1M"
+
+TND_RULES = """input_layout="TND" (the varlen scenario), as the op documentation states it.
+
+Source: Ascend/op-plugin docs/context/torch_npu-npu_fusion_attention.md (the torch_npu API reference page
+"torch_npu.npu_fusion_attention"; same text on hiascend.com, ptaoplist_000445/_000850); its use in
+transformers' integrations/npu_flash_attention.py (`npu_flash_attn_varlen_func`: `cu_seqlens[1:]`, the
+2048x2048 triu mask, sparse_mode 3 by default) and MindSpeed's fusion-attention notes (same interface).
+
+- query/key/value are [T, N, D]; "TND（actual_seq_qlen/actual_seq_kvlen需传值）": both lists are required.
+- actual_seq_qlen / actual_seq_kvlen are the cumulative sums of the batches' lengths, WITHOUT a leading 0:
+  "比如真正的S长度列表为：2 2 2 2 2，则actual_seq_qlen传：2 4 6 8 10". So the last end is T.
+- A batch may be empty ("支持actual_seq_qlen中某个Batch上的S长度为0 ... [2, 2, 0, 2, 2] -> [2, 4, 4, 6, 8]",
+  then no pse), and trailing batches may be skipped with zeros ("[2, 5, 9, 0, 0]").
+- The list holds 1..1K entries in the varlen scenario; T (B*S) is in 1..1M.
+- atten_mask: "varlen场景只支持SS格式，SS分别是maxSq和maxSkv" for the full-mask modes, and "atten_mask中不能
+  存在某一行全1的场景" (no all-masked row: no padding inside the mask). sparse_mode 2/3/4 take the optimised
+  compressed triu(ones(2048, 2048), 1) mask, per batch: 2 = leftUpCausal (top-left origin), 3 =
+  rightDownCausal (bottom-right origin: the usual causal mask when Sq == Skv). sparse_mode 5 (uncompressed
+  prefix) is not supported with varlen; 7/8 (varlen split across devices) are not modelled here.
+- sparse_mode 1, 2, 3, 5, 6 ignore pre_tockens / next_tockens; without atten_mask, sparse_mode and the
+  tockens have no effect ("固定为全计算").
+- inner_precise 2 enables invalid-row computation; "如果算子可判断出存在无效行场景，会自动使能无效行计算，例如
+  sparse_mode为3，Sq > Skv场景".
+- head_num is N of the query; Nq/Nkv must be a non-zero whole number (GQA), Nq in 1..256; D in 1..768 with
+  Dq = Dk; key and value have one shape. scale defaults to 1 (not 1/sqrt(D)); keep_prob is in (0, 1].
+- softmax_max / softmax_sum come out NTD by default, TND with softmax_layout="TND" (7.2.0, CANN 8.3.RC1).
+"""
 
 
 def _require(condition: bool, message: str) -> None:
@@ -109,6 +138,7 @@ def _attention_bnsd(query, key, value, pse, masked_out, scale, keep_prob, inner_
 
 def _check_heads(query_heads: int, kv_heads: int, head_num: int, head_dim: int) -> None:
     _require(query_heads == head_num, f"head_num={head_num} but query has {query_heads} heads")
+    _require(1 <= query_heads <= 256, f"Nq must be in 1..256, got {query_heads}")
     _require(kv_heads > 0 and query_heads % kv_heads == 0, f"Nq/Nkv must be a whole number ({query_heads}/{kv_heads})")
     _require(1 <= head_dim <= 768, f"head dim D must be in 1..768, got {head_dim}")
 
@@ -117,11 +147,14 @@ def npu_fusion_attention(
     query, key, value, head_num, input_layout, pse=None, padding_mask=None, atten_mask=None, scale=1.0,
     keep_prob=1.0, pre_tockens=MAX_TOCKENS, next_tockens=MAX_TOCKENS, inner_precise=0, prefix=None,
     actual_seq_qlen=None, actual_seq_kvlen=None, sparse_mode=0, gen_mask_parallel=True, sync=False,
+    softmax_layout="",
 ):  # fmt: skip
     """softmax(Mask(scale * (pse + Q K^T), atten_mask)) V, dropout with keep_prob; atten_mask True = masked out.
 
     Returns (attention_out, softmax_max, softmax_sum, reserved, seed, offset, mask_len) like the device op.
+    The TND layout follows TND_RULES (this module), each rule quoted from the op documentation.
     """
+    _require(0.0 < keep_prob <= 1.0, f"keep_prob must be in (0, 1], got {keep_prob}")
     _require(input_layout in LAYOUTS, f"input_layout must be one of {LAYOUTS}, got {input_layout!r}")
     _require(padding_mask is None, "padding_mask is not supported yet (documented)")
     _require(prefix is None, "prefix (sparse_mode 5/6) is not modelled")
@@ -131,7 +164,7 @@ def npu_fusion_attention(
     if input_layout == "TND":
         return _varlen_attention(
             query, key, value, head_num, pse, atten_mask, scale, keep_prob, pre_tockens, next_tockens,
-            inner_precise, actual_seq_qlen, actual_seq_kvlen, sparse_mode,
+            inner_precise, actual_seq_qlen, actual_seq_kvlen, sparse_mode, softmax_layout,
         )  # fmt: skip
     head_dim = query.shape[-1] // head_num if input_layout in ("BSH", "SBH") else query.shape[-1]
     q, k, v = (_to_bnsd(t, input_layout, head_dim) for t in (query, key, value))
@@ -141,32 +174,76 @@ def npu_fusion_attention(
     return _from_bnsd(out, input_layout), row_max, row_sum, query.new_empty(0), 0, 0, 0
 
 
+def _cumulative_ends(ends, name: str) -> list[int]:
+    """The batches' cumulative ends as the docs define actual_seq_qlen / actual_seq_kvlen (see TND_RULES)."""
+    _require(ends is not None, f"input_layout TND needs {name} (the varlen scenario)")
+    _require(
+        not isinstance(ends, torch.Tensor) or ends.dim() == 1, f"{name} is an int list (host side), got {ends!r}"
+    )
+    ends = [int(end) for end in ends]
+    _require(1 <= len(ends) <= MAX_VARLEN_BATCHES, f"{name} has {len(ends)} entries; varlen takes 1..1K")
+    active = len(ends)
+    while active > 1 and ends[active - 1] == 0:  # trailing zeros: batches that take no part
+        active -= 1
+    _require(ends[0] >= 0, f"{name} must start with the first batch's length, got {ends[0]}")
+    _require(
+        all(later >= earlier for earlier, later in zip(ends[: active - 1], ends[1:active])),
+        f"{name} must be cumulative (non-decreasing ends without a leading 0), got {ends}",
+    )
+    return ends[:active]
+
+
 def _varlen_attention(
     query, key, value, head_num, pse, atten_mask, scale, keep_prob, pre_tockens, next_tockens, inner_precise,
-    actual_seq_qlen, actual_seq_kvlen, sparse_mode,
+    actual_seq_qlen, actual_seq_kvlen, sparse_mode, softmax_layout,
 ):  # fmt: skip
-    """TND: sequences concatenated along T; actual_seq_*len are cumulative ends without the leading 0."""
-    _require(actual_seq_qlen is not None and actual_seq_kvlen is not None, "TND needs actual_seq_qlen/kvlen")
-    _require(len(actual_seq_qlen) == len(actual_seq_kvlen), "actual_seq_qlen and actual_seq_kvlen differ in length")
-    _require(pse is None, "pse with TND is not modelled")
-    _require(query.dim() == 3, "TND tensors are [T, N, D]")
+    """TND: the batches' tokens concatenated along T, each batch attended on its own (rules: TND_RULES)."""
+    _require(query.dim() == key.dim() == value.dim() == 3, "TND tensors are [T, N, D]")
     _check_heads(query.shape[1], key.shape[1], head_num, query.shape[-1])
-    q_ends, kv_ends = [int(x) for x in actual_seq_qlen], [int(x) for x in actual_seq_kvlen]
-    _require(q_ends[-1] == query.shape[0] and kv_ends[-1] == key.shape[0], "actual_seq lengths must end at T")
+    _require(1 <= query.shape[0] <= MAX_VARLEN_TOKENS, f"T must be in 1..1M, got {query.shape[0]}")
+    _require(pse is None, "pse with TND is not modelled")
+    _require(sparse_mode not in (5, 6), f"sparse_mode {sparse_mode} (prefix) is not supported with TND")
+    _require(sparse_mode not in (7, 8), f"sparse_mode {sparse_mode} (varlen split across devices) is not modelled")
+    _require(softmax_layout in ("", "TND"), f"softmax_layout must be '' or 'TND', got {softmax_layout!r}")
+    q_ends = _cumulative_ends(actual_seq_qlen, "actual_seq_qlen")
+    kv_ends = _cumulative_ends(actual_seq_kvlen, "actual_seq_kvlen")
+    _require(len(q_ends) == len(kv_ends), f"actual_seq_qlen {q_ends} and actual_seq_kvlen {kv_ends} differ in batches")
+    _require(q_ends[-1] == query.shape[0], f"actual_seq_qlen must end at T={query.shape[0]}, got {q_ends[-1]}")
+    _require(kv_ends[-1] == key.shape[0], f"actual_seq_kvlen must end at T={key.shape[0]}, got {kv_ends[-1]}")
+    q_lengths = [end - start for start, end in zip([0, *q_ends[:-1]], q_ends)]
+    kv_lengths = [end - start for start, end in zip([0, *kv_ends[:-1]], kv_ends)]
+    if atten_mask is not None and sparse_mode in (0, 1):
+        _require(atten_mask.dim() == 2, f"varlen takes only an SS atten_mask, got {tuple(atten_mask.shape)}")
+        _require(
+            tuple(atten_mask.shape) == (max(q_lengths), max(kv_lengths)),
+            f"the varlen atten_mask is (max Sq, max Skv) = {(max(q_lengths), max(kv_lengths))}, "
+            f"got {tuple(atten_mask.shape)}",
+        )
+        _require(not bool(atten_mask.bool().all(-1).any()), "a varlen atten_mask row may not be all 1 (no padding)")
     outs, maxes, sums = [], [], []
-    for q_start, q_end, kv_start, kv_end in zip([0, *q_ends[:-1]], q_ends, [0, *kv_ends[:-1]], kv_ends):
-        q = query[q_start:q_end].transpose(0, 1).unsqueeze(0)
-        k = key[kv_start:kv_end].transpose(0, 1).unsqueeze(0)
-        v = value[kv_start:kv_end].transpose(0, 1).unsqueeze(0)
+    q_start = kv_start = 0
+    for q_len, kv_len in zip(q_lengths, kv_lengths):
+        q = query[q_start : q_start + q_len].transpose(0, 1).unsqueeze(0)
+        k = key[kv_start : kv_start + kv_len].transpose(0, 1).unsqueeze(0)
+        v = value[kv_start : kv_start + kv_len].transpose(0, 1).unsqueeze(0)
+        q_start, kv_start = q_start + q_len, kv_start + kv_len
+        if q_len == 0:
+            continue
+        _require(kv_len > 0, "a batch with queries but no keys is not modelled")
         mask = atten_mask
-        if mask is not None and sparse_mode in (0, 1):  # SS of (max Sq, max Skv): this sequence's corner
-            mask = mask[: q.shape[2], : k.shape[2]]
-        masked = _masked_out(mask, sparse_mode, pre_tockens, next_tockens, q.shape[2], k.shape[2], query.device)
-        out, row_max, row_sum = _attention_bnsd(q, k, v, None, masked, scale, keep_prob, inner_precise)
+        if mask is not None and sparse_mode in (0, 1):  # this batch's top-left corner of the SS mask
+            mask = mask[:q_len, :kv_len]
+        masked = _masked_out(mask, sparse_mode, pre_tockens, next_tockens, q_len, kv_len, query.device)
+        # rightDownCausal with Sq > Skv leaves rows without a key: the op enables invalid-row computation itself
+        precise = 2 if sparse_mode == 3 and q_len > kv_len else inner_precise
+        out, row_max, row_sum = _attention_bnsd(q, k, v, None, masked, scale, keep_prob, precise)
         outs.append(out[0].transpose(0, 1))
-        maxes.append(row_max[0].transpose(0, 1))
-        sums.append(row_sum[0].transpose(0, 1))
-    return torch.cat(outs), torch.cat(maxes), torch.cat(sums), query.new_empty(0), 0, 0, 0
+        maxes.append(row_max[0])  # [N, Sq, 8]
+        sums.append(row_sum[0])
+    row_max, row_sum = torch.cat(maxes, dim=1), torch.cat(sums, dim=1)  # NTD, the default softmax layout
+    if softmax_layout == "TND":
+        row_max, row_sum = row_max.transpose(0, 1), row_sum.transpose(0, 1)
+    return torch.cat(outs), row_max, row_sum, query.new_empty(0), 0, 0, 0
 
 
 # -- npu_scaled_masked_softmax --------------------------------------------------------------------
