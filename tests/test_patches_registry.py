@@ -297,6 +297,36 @@ def test_new_deepspeed_only_sets_ds_accelerator(npu, monkeypatch):
 # -- CPU and CUDA ---------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("backend", [CpuBackend(), CudaBackend()], ids=["cpu", "cuda"])
+def test_cpu_and_cuda_name_their_deepspeed_accelerator_and_revert_it(backend, monkeypatch):
+    if importlib.util.find_spec("deepspeed") is None:
+        pytest.skip("deepspeed is not installed")
+    report = apply_patches(None, backend, "train")
+    assert os.environ["DS_ACCELERATOR"] == backend.deepspeed_accelerator
+    assert outcome(report, "deepspeed_accelerator").status == "applied"
+    report.revert()
+    assert "DS_ACCELERATOR" not in os.environ
+    monkeypatch.setenv("DS_ACCELERATOR", "xpu")
+    report = apply_patches(None, backend, "infer")
+    report.revert()
+    assert outcome(report, "deepspeed_accelerator").reason == "DS_ACCELERATOR=xpu is set by the user and kept"
+    assert os.environ["DS_ACCELERATOR"] == "xpu"
+
+
+def test_a_cpu_training_run_does_not_print_deepspeeds_accelerator_guess(tmp_path, stories260k_dir, dummy_conversations):
+    """DeepSpeed warned "Setting accelerator to CPU. If you have GPU or other accelerator, we were unable to
+    detect it." in every single-process run: a fresh process, since DeepSpeed decides once per process."""
+    from train_support import small_run, train_cli
+
+    result = train_cli(small_run(stories260k_dir, dummy_conversations, tmp_path / "out", "--max_steps", "1"))
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    assert "deepspeed_accelerator" in result.stdout  # the report names the patch
+    assert "Setting accelerator to CPU" not in output and "unable to detect" not in output
+
+
+
+
 def test_cpu_runs_sdpa_and_reverts_to_the_loaded_implementation(model):
     ids, mask = batch(model)
     reference = forward_backward(model, ids, mask)

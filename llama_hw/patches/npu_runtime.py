@@ -11,12 +11,12 @@
 from __future__ import annotations
 
 import importlib
-import os
 
 import torch
 
 from llama_hw.errors import DeviceUnavailable
 from llama_hw.patches.base import Changes, Patch, PatchContext
+from llama_hw.patches.deepspeed_accelerator import apply_accelerator, check_accelerator
 from llama_hw.utils.imports import package_version
 
 NATIVE_NPU_DEEPSPEED = "0.10.1"
@@ -58,19 +58,6 @@ def import_deepspeed_npu(ctx: PatchContext) -> None:
 
 def keep_imported(state: None) -> None:
     """An imported plugin patches DeepSpeed in place; there is nothing to put back."""
-
-
-def check_accelerator(ctx: PatchContext) -> str | None:
-    current = os.environ.get("DS_ACCELERATOR")
-    if current and current != ctx.backend.deepspeed_accelerator:
-        return f"DS_ACCELERATOR={current} is set by the user and kept"
-    return None
-
-
-def apply_accelerator(ctx: PatchContext) -> Changes:
-    changes = Changes()
-    changes.setenv("DS_ACCELERATOR", ctx.backend.deepspeed_accelerator)
-    return changes
 
 
 PATCHES = [
