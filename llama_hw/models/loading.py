@@ -16,6 +16,8 @@ import torch
 
 from llama_hw.backends import TORCH_DTYPES, Backend
 from llama_hw.errors import UsageError
+from llama_hw.models.checks import check_checkpoint, loading_errors
+from llama_hw.models.hub import resolve_model_path
 from llama_hw.models.metadata import read_run_metadata
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -81,8 +83,6 @@ def adapter_base_model(adapter: Path) -> str | None:
 
 
 def _require_model_dir(path: Path, flag: str) -> None:
-    if not path.exists():
-        raise UsageError(f"{flag} {path} does not exist; give the directory of a saved model")
     if not (path / "config.json").is_file():
         raise UsageError(
             f"{flag} {path} is not a Hugging Face model directory (no config.json); give the directory "
@@ -93,10 +93,11 @@ def _require_model_dir(path: Path, flag: str) -> None:
 def resolve_model_source(model_path: str | os.PathLike, adapter: str | os.PathLike | None = None) -> ModelSource:
     """Check the paths and work out base, adapter and recorded metadata.
 
+    Each path may be a local directory or a Hugging Face Hub id (`org/name`, see llama_hw.models.hub).
     `model_path` may itself be a LoRA adapter directory (as the trainer saves it); its base model is then
     the one recorded in its llama_hw.json or adapter_config.json.
     """
-    model_dir = Path(model_path).expanduser()
+    model_dir = resolve_model_path(model_path, flag="--model-path")
     if adapter is None and is_adapter_dir(model_dir):
         adapter_dir = model_dir
         check_adapter_dir(adapter_dir, flag="--model-path")
@@ -104,13 +105,15 @@ def resolve_model_source(model_path: str | os.PathLike, adapter: str | os.PathLi
         if not base:
             raise UsageError(f"adapter {adapter_dir} does not record its base model; pass the base as --model-path "
                              f"and the adapter as --adapter")
-        model_dir = Path(base).expanduser()
-        _require_model_dir(model_dir, f"the base model of adapter {adapter_dir},")
+        what = f"the base model of adapter {adapter_dir},"
+        model_dir = resolve_model_path(base, flag=what)
+        _require_model_dir(model_dir, what)
     else:
         _require_model_dir(model_dir, "--model-path")
-        adapter_dir = Path(adapter).expanduser() if adapter is not None else None
+        adapter_dir = resolve_model_path(adapter, flag="--adapter") if adapter is not None else None
         if adapter_dir is not None:
             check_adapter_dir(adapter_dir)
+    check_checkpoint(model_dir)
     metadata = read_run_metadata(model_dir)
     if adapter_dir is not None:
         metadata = {**metadata, **read_run_metadata(adapter_dir)}
@@ -216,7 +219,8 @@ def load_model(
         **placement(backend, num_devices, max_memory),
         **_weights_kwargs(source.base),
     }
-    model = AutoModelForCausalLM.from_pretrained(str(source.base), **kwargs)
+    with loading_errors(source.base):
+        model = AutoModelForCausalLM.from_pretrained(str(source.base), **kwargs)
     if source.adapter is not None:
         model = apply_adapter(model, source.adapter, merge_adapter)
     return model.eval()

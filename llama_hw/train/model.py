@@ -18,19 +18,20 @@ import torch
 
 from llama_hw.backends import Backend
 from llama_hw.errors import UsageError
+from llama_hw.models.checks import check_checkpoint, loading_errors
+from llama_hw.models.hub import resolve_model_path
 from llama_hw.train.arguments import ModelArguments
 from llama_hw.utils.imports import is_bitsandbytes_available, package_version
 
 WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin", "*.safetensors.index.json", "pytorch_model.bin.index.json")
 
 
-def check_model_dir(model_name_or_path: str | None) -> Path:
-    """The model directory, or a UsageError saying what is missing (before anything heavy happens)."""
+def check_model_dir(model_name_or_path: str | None, cache_dir: str | None = None) -> Path:
+    """The model directory (a Hub id `org/name` resolved to its snapshot in the Hugging Face cache
+    `cache_dir`), or a UsageError saying what is missing (before anything heavy happens)."""
     if not model_name_or_path:
-        raise UsageError("--model_name_or_path is required: the directory of a Hugging Face model")
-    path = Path(model_name_or_path).expanduser()
-    if not path.is_dir():
-        raise UsageError(f"--model_name_or_path {model_name_or_path} is not a directory; give a saved model's folder")
+        raise UsageError("--model_name_or_path is required: the directory of a Hugging Face model or a Hub id")
+    path = resolve_model_path(model_name_or_path, flag="--model_name_or_path", cache_dir=cache_dir)
     if not (path / "config.json").is_file():
         raise UsageError(f"--model_name_or_path {path} has no config.json; it is not a Hugging Face model directory")
     if not any(any(path.glob(pattern)) for pattern in WEIGHT_PATTERNS):
@@ -38,6 +39,7 @@ def check_model_dir(model_name_or_path: str | None) -> Path:
             f"--model_name_or_path {path} has no weights (no *.safetensors or pytorch_model*.bin); "
             "download or convert the checkpoint into it"
         )
+    check_checkpoint(path)
     return path
 
 
@@ -73,6 +75,7 @@ def rope_scaling_factor(model_max_length: int, max_position_embeddings: int | No
 def load_config(args: ModelArguments, path: Path):
     from transformers import AutoConfig
 
+    check_checkpoint(path)  # bench reaches here without check_model_dir
     config = AutoConfig.from_pretrained(str(path), trust_remote_code=args.trust_remote_code, cache_dir=args.cache_dir)
     factor = rope_scaling_factor(args.model_max_length, getattr(config, "max_position_embeddings", None))
     if factor is not None:
@@ -126,7 +129,8 @@ def load_training_model(
     else:
         model_class = AutoModelForCausalLM
     try:
-        return model_class.from_pretrained(str(path), **kwargs)
+        with loading_errors(path):
+            return model_class.from_pretrained(str(path), **kwargs)
     except (OSError, ValueError) as err:
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UsageError(f"--model_name_or_path {path} cannot be loaded: {first_line}") from err
