@@ -81,7 +81,7 @@ def test_master_address_and_port_from_the_environment():
     plan = plan_node(LaunchOptions(device="cpu", nodes=2, node_rank=0, target_args=["x"]),
                      environ={"MASTER_ADDR": "head", "MASTER_PORT": "23456"})
     assert "--rdzv-endpoint=head:23456" in plan.torchrun_args()
-    assert "--rdzv-conf=is_host=1" in plan.torchrun_args()
+    assert "--rdzv-conf=is_host=1,join_timeout=600" in plan.torchrun_args()
 
 
 def test_config_file_goes_first_to_the_trainer(tmp_path):

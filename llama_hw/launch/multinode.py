@@ -1,22 +1,26 @@
 """`--hostfile`: start every node from one machine, the way DeepSpeed's multi-node runner does.
 
 DeepSpeed's runner reads the hostfile (`worker-0 slots=8` per line) and fans one command out over
-pdsh, with `%n` replaced by each host's rank. We reuse its hostfile parser and its PDSHRunner
-(exports, quoting, pdsh flags); only the per-node command differs: each host runs this launcher
-(torchrun underneath) with `--node-rank %n`, instead of DeepSpeed's own process manager. The
-variables DeepSpeed's runner does not carry (ASCEND_*, HCCL_* for Ascend; LLAMA_HW_*) are exported
-on every node.
+pdsh, with `%n` replaced by each host's rank. We reuse its hostfile parser and its pdsh settings
+(fan-out, ssh); each host runs this launcher (torchrun underneath) with `--node-rank %n`, instead
+of DeepSpeed's own process manager. The variables DeepSpeed's runner does not carry (ASCEND_*,
+HCCL_* for Ascend; LLAMA_HW_*) are exported on every node.
+
+pdsh hands the command to each host's login shell as one line. Every word of that line (exported
+values, the working folder, the interpreter, every launcher and trainer argument) is quoted with
+`shlex.quote`, so `$(...)`, backticks, `;` or spaces in a value reach the node as text; DeepSpeed's
+own runner wraps values in double quotes, inside which the remote shell still runs `$(...)`.
 """
 
 from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 
 from llama_hw.backends import AUTO, DEVICE_ENV, backend_classes
 from llama_hw.errors import UsageError
@@ -91,11 +95,22 @@ def node_launcher_args(options: LaunchOptions, nodes: int, nproc: int, master_ad
 @dataclass
 class FanOut:
     hosts: dict[str, int]
-    exports: dict[str, str]  # exported on every node, already quoted for the remote shell
-    command: list[str]  # what runs on this machine: pdsh ...
+    exports: dict[str, str]  # exported on every node, as given (remote_command quotes them)
+    command: list[str]  # what runs on this machine: pdsh ... REMOTE_LINE
     environment: dict[str, str]  # its environment
     node_commands: list[tuple[str, str]]  # (host, the shell line that host runs)
     runner_available: bool
+
+
+def remote_command(exports: Mapping[str, str], workdir: str, argv: list[str]) -> str:
+    """The one shell line every node runs: exports, `cd`, then `argv`, each word quoted for a POSIX shell.
+
+    `%n` (pdsh's host rank) contains no character shlex.quote escapes, so pdsh still finds it.
+    """
+    lines = [f"export {key}={shlex.quote(value)};" for key, value in exports.items()]
+    lines.append(f"cd {shlex.quote(workdir)};")
+    lines.append(shlex.join(argv))
+    return " ".join(lines)
 
 
 def plan_fanout(options: LaunchOptions, environ: Mapping[str, str] | None = None) -> FanOut:
@@ -127,35 +142,20 @@ def plan_fanout(options: LaunchOptions, environ: Mapping[str, str] | None = None
         raise UsageError(f"config file {options.config} not found")
     master_addr = options.master_addr or next(iter(hosts))
 
-    node_args = node_launcher_args(options, nodes, nproc, master_addr, "%n")
-    runner = pdsh_runner(
-        SimpleNamespace(user_script=LAUNCHER_MODULE, user_args=node_args, launcher_args="", ssh_port=options.ssh_port)
-    )
-    for key, value in carried_env(environ, carried_prefixes(options.device)).items():
-        runner.add_export(key, value)
-    command, environment = runner.get_cmd(environ, hosts)
-    remote = " ".join(command[command.index("-w") + 2:])
-    node_commands = [(host, remote.replace("%n", str(rank))) for rank, host in enumerate(hosts)]
-    return FanOut(hosts, dict(runner.exports), command, environment, node_commands, bool(runner.backend_exists()))
-
-
-def pdsh_runner(args: SimpleNamespace):
-    """DeepSpeed's PDSHRunner whose per-node command is this launcher with `--node-rank %n`.
-
-    The subclass is made on first use, so that DeepSpeed is imported only when a hostfile is used.
-    """
     _, multinode_runner = _deepspeed_launcher()
+    exports = carried_env(environ, carried_prefixes(options.device))
+    argv = [sys.executable, "-u", "-m", LAUNCHER_MODULE, *node_launcher_args(options, nodes, nproc, master_addr, "%n")]
+    remote = remote_command(exports, os.path.abspath("."), argv)
+    command = ["pdsh", "-S", "-f", str(multinode_runner.PDSH_MAX_FAN_OUT), "-w", ",".join(hosts), remote]
+    node_commands = [(host, remote.replace("%n", str(rank))) for rank, host in enumerate(hosts)]
+    return FanOut(hosts, exports, command, pdsh_environment(environ, options.ssh_port), node_commands,
+                  shutil.which("pdsh") is not None)
 
-    class LaunchPdshRunner(multinode_runner.PDSHRunner):
-        def get_cmd(self, environment, active_resources):
-            environment = dict(environment)
-            environment["PDSH_RCMD_TYPE"] = "ssh"
-            if self.args.ssh_port is not None:
-                append = environment.get("PDSH_SSH_ARGS_APPEND", "")
-                environment["PDSH_SSH_ARGS_APPEND"] = f"{append} -p {self.args.ssh_port}".strip()
-            exports = "".join(f"export {key}={value}; " for key, value in self.exports.items())
-            pdsh = ["pdsh", "-S", "-f", str(multinode_runner.PDSH_MAX_FAN_OUT), "-w", ",".join(active_resources)]
-            remote = [exports + f"cd {shlex.quote(os.path.abspath('.'))};", sys.executable, "-u", "-m"]
-            return pdsh + remote + [self.user_script, *self.user_arguments], environment
 
-    return LaunchPdshRunner(args, world_info_base64="")
+def pdsh_environment(environ: Mapping[str, str], ssh_port: int | None) -> dict[str, str]:
+    """pdsh's environment: ssh as the remote command (as DeepSpeed's PDSHRunner sets it), and the port."""
+    environment = {**environ, "PDSH_RCMD_TYPE": "ssh"}
+    if ssh_port is not None:
+        append = environment.get("PDSH_SSH_ARGS_APPEND", "")
+        environment["PDSH_SSH_ARGS_APPEND"] = f"{append} -p {ssh_port}".strip()
+    return environment

@@ -23,6 +23,8 @@ DEFAULT_RDZV_ID = "llama_hw"
 # c10d re-forms the group after a failure on any node, so `--max-restarts` works across nodes;
 # static rendezvous cannot (the surviving nodes never rejoin: measured here on loopback).
 RDZV_BACKENDS = ("c10d", "static")
+# How long a node waits for the others (and for node 0's store) before it gives up: torch's own default.
+DEFAULT_RDZV_TIMEOUT = 600
 # With the c10d rendezvous torch (2.5+) shares the agent's store with the workers and keeps it across
 # restarts, so restarted workers can read their peers' addresses from the failed attempt and
 # fail to connect (pytorch/pytorch#135712, #167288; measured here: gloo "connectFullMesh failed" after
@@ -42,6 +44,7 @@ class LaunchOptions:
     master_port: int | None = None
     rdzv_id: str | None = None
     rdzv_backend: str = "c10d"
+    rdzv_timeout: int = DEFAULT_RDZV_TIMEOUT
     max_restarts: int = 0
     hostfile: Path | None = None
     ssh_port: int | None = None
@@ -84,6 +87,7 @@ class NodePlan:
     master_port: int
     rdzv_backend: str
     rdzv_id: str
+    rdzv_timeout: int
     max_restarts: int
     target: Target
     env: dict[str, str]  # what the launcher sets for the workers
@@ -103,10 +107,13 @@ class NodePlan:
             f"--rdzv-id={self.rdzv_id}",
             f"--max-restarts={self.max_restarts}",
         ]
-        if self.rdzv_backend != "static":
+        if self.rdzv_backend == "static":
+            args.append(f"--rdzv-conf=timeout={self.rdzv_timeout}")
+        else:
             # The node at --master-addr (rank 0) hosts the rendezvous store; saying so beats
             # torchrun's guess from host names, which fails behind NAT or with several addresses.
-            args += [f"--rdzv-endpoint={endpoint}", f"--rdzv-conf=is_host={int(self.node_rank == 0)}"]
+            args += [f"--rdzv-endpoint={endpoint}",
+                     f"--rdzv-conf=is_host={int(self.node_rank == 0)},join_timeout={self.rdzv_timeout}"]
         return args + self.target.torchrun_tail()
 
     def command_line(self) -> str:
@@ -180,6 +187,8 @@ def plan_node(
         raise UsageError(f"--rdzv-backend {options.rdzv_backend!r}: choose one of {', '.join(RDZV_BACKENDS)}")
     if options.max_restarts < 0:
         raise UsageError(f"--max-restarts {options.max_restarts}: must be 0 or more")
+    if options.rdzv_timeout < 1:
+        raise UsageError(f"--rdzv-timeout {options.rdzv_timeout}: must be 1 second or more")
 
     backend, notes = resolve_backend(options.device, options.dry_run)
     slurm = detect_slurm(environ)
@@ -241,6 +250,7 @@ def plan_node(
         master_port=port,
         rdzv_backend=options.rdzv_backend,
         rdzv_id=rdzv_id or DEFAULT_RDZV_ID,
+        rdzv_timeout=options.rdzv_timeout,
         max_restarts=options.max_restarts,
         target=make_target(options, demo_args),
         env=env,

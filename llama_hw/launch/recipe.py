@@ -14,13 +14,15 @@ import importlib.util
 import os
 import shlex
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from llama_hw.errors import UsageError
-from llama_hw.launch.plan import RDZV_BACKENDS, LaunchOptions, NodePlan, plan_node
+from llama_hw.launch.plan import DEFAULT_RDZV_TIMEOUT, RDZV_BACKENDS, LaunchOptions, NodePlan, plan_node
 
 
 class _Parser(argparse.ArgumentParser):
@@ -31,6 +33,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="python -m llama_hw.launch",
+        allow_abbrev=False,  # `--nproc` must not silently mean --nproc-per-node (train refuses it too)
         description=__doc__.split("\n\n")[0],
         epilog="Arguments after `--` go to the trainer (or to --script). With no target at all the "
         "embedded demo runs. Variables you set (OMP_NUM_THREADS, HCCL_CONNECT_TIMEOUT, the "
@@ -46,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--rdzv-id", help="job id shared by all nodes (default: SLURM_JOB_ID or llama_hw)")
     parser.add_argument("--rdzv-backend", default="c10d", choices=RDZV_BACKENDS,
                         help="torchrun rendezvous; c10d (default) restarts across nodes")
+    parser.add_argument("--rdzv-timeout", type=int, default=DEFAULT_RDZV_TIMEOUT, metavar="SECONDS",
+                        help="how long a node waits for node 0 and for the other nodes before it gives up "
+                        f"(default {DEFAULT_RDZV_TIMEOUT})")
     parser.add_argument("--max-restarts", type=int, default=0,
                         help="restart the worker group up to N times when a worker dies")
     parser.add_argument("--hostfile", type=Path,
@@ -69,6 +75,7 @@ def parse_options(argv: list[str]) -> LaunchOptions:
         master_port=args.master_port,
         rdzv_id=args.rdzv_id,
         rdzv_backend=args.rdzv_backend,
+        rdzv_timeout=args.rdzv_timeout,
         max_restarts=args.max_restarts,
         hostfile=args.hostfile,
         ssh_port=args.ssh_port,
@@ -98,6 +105,33 @@ def describe_plan(plan: NodePlan, dry_run: bool) -> str:
     return "\n".join(lines)
 
 
+def wait_for_master(plan: NodePlan) -> None:
+    """On a node other than 0, wait until node 0's rendezvous port accepts connections.
+
+    torch's own store client would retry too, but prints C++ stack frames at every attempt; this
+    ends the same wait with one line once the rendezvous timeout has passed.
+    """
+    if plan.node_rank == 0 or plan.nodes == 1:
+        return
+    deadline = time.monotonic() + plan.rdzv_timeout
+    print(f"llama_hw.launch: waiting up to {plan.rdzv_timeout} s for node 0 at {plan.master_addr}:{plan.master_port}",
+          flush=True)
+    while True:
+        remaining = deadline - time.monotonic()
+        try:
+            with socket.create_connection((plan.master_addr, plan.master_port), timeout=max(0.1, min(5.0, remaining))):
+                return
+        except OSError as err:
+            reason = err.strerror or type(err).__name__
+        if remaining <= 1:
+            raise UsageError(
+                f"node 0 never answered at {plan.master_addr}:{plan.master_port} within --rdzv-timeout "
+                f"{plan.rdzv_timeout} s (last attempt: {reason}); start the launcher with --node-rank 0 there, "
+                "or fix --master-addr / --master-port"
+            )
+        time.sleep(1.0)
+
+
 def run_torchrun(plan: NodePlan) -> int:
     """Hand the plan to torch.distributed.run in this process; return the job's exit code."""
     from torch.distributed import run as torchrun
@@ -105,6 +139,7 @@ def run_torchrun(plan: NodePlan) -> int:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.elastic.rendezvous.api import RendezvousError
 
+    wait_for_master(plan)
     os.environ.update(plan.env)  # the elastic agent passes its environment on to every worker
     args = torchrun.get_args_parser().parse_args(plan.torchrun_args())
     try:
@@ -130,7 +165,7 @@ def run_hostfile(options: LaunchOptions) -> int:
              f"{options.hostfile} over pdsh (ssh)"]
     lines += [f"  node {rank}: {host} (slots={slots})" for rank, (host, slots) in enumerate(fanout.hosts.items())]
     lines.append("  environment exported on every node:")
-    lines += [f"    {key}={value}" for key, value in fanout.exports.items()] or ["    (none)"]
+    lines += [f"    {key}={shlex.quote(value)}" for key, value in fanout.exports.items()] or ["    (none)"]
     lines.append("  command on this machine:")
     lines.append(f"    {shlex.join(fanout.command)}")
     lines.append("  what each node runs:")
