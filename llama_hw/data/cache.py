@@ -22,7 +22,8 @@ from llama_hw.utils.imports import package_version
 
 CACHE_ENV = "LLAMA_HW_CACHE_DIR"
 STATS_FILE = "llama_hw_stats.json"  # written last: its presence marks a complete entry
-_CODE_MODULES = ("formats.py", "templates.py", "encode.py", "dataset.py", "tokenizer.py", "stats.py")
+_CODE_MODULES = ("formats.py", "templates.py", "encode.py", "dataset.py", "tokenizer.py", "stats.py", "encoding.py",
+                 "text.py", "corpus.py")
 
 
 def cache_root() -> Path:
@@ -39,9 +40,13 @@ def code_version() -> str:
     return digest.hexdigest()
 
 
-def file_digest(path: str) -> str:
+def file_digest(path: str, chunk_size: int = 1 << 20) -> str:
+    """sha256 of a file, read in chunks (hashlib.file_digest needs Python 3.11; we support 3.10)."""
+    digest = hashlib.sha256()
     with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
+        for chunk in iter(lambda: handle.read(chunk_size), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def cache_key(paths: list[str], settings: dict) -> str:

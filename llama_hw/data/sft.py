@@ -78,6 +78,27 @@ class DataArguments:
             "--no_data_cache tokenizes every time and writes nothing."
         },
     )
+    data_format: str = field(
+        default="auto",
+        metadata={
+            "help": "conversations, text (a corpus for continued pre-training: .txt files, JSON / JSONL records "
+            "with 'text', or directories / globs of them) or auto (detected from the files).",
+            "choices": ["auto", "conversations", "text"],
+        },
+    )
+    text_cut: str = field(
+        default="chunk",
+        metadata={
+            "help": "Text data: chunk = documents concatenated (EOS between them) and cut into rows of "
+            "model_max_length (with --packing, attention stays within each document); window = one random "
+            "window of model_max_length tokens per document per epoch (PMC-LLaMA), drawn from --seed.",
+            "choices": ["chunk", "window"],
+        },
+    )
+    text_per_line: bool = field(
+        default=False,
+        metadata={"help": "Text data: every non-empty line of a .txt file is a document (default: the whole file)."},
+    )
 
 
 @dataclass
@@ -88,10 +109,15 @@ class SFTData:
     stats: DataStats
     eval_stats: DataStats | None
     template: Template
+    callbacks: list = field(default_factory=list)  # Trainer callbacks the data needs (window epochs)
 
 
 def build_sft_data(args: DataArguments, tokenizer, model_max_length: int) -> SFTData:
     """Read, validate, tokenize (cached), mask, drop, and optionally pack the train / eval data."""
+    from llama_hw.data.pretrain import build_text_data, resolve_data_format
+
+    if resolve_data_format(args.data_format, args.data_path) == "text":
+        return build_text_data(args, tokenizer, model_max_length)
     if args.lazy_preprocess and args.packing:
         raise UsageError("--packing needs every length up front; drop --lazy_preprocess")
     template = get_template(args.template, tokenizer)

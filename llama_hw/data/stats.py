@@ -76,3 +76,61 @@ class DataStats:
 
     def summary(self) -> str:
         return "; ".join(f"{label} {value}" for label, value in self.rows())
+
+
+@dataclass
+class TextStats:
+    """What a text corpus split holds and what one epoch trains on (`--data_format text`)."""
+
+    documents: int  # valid documents read
+    skipped: dict[str, int] = field(default_factory=dict)  # rule -> records skipped
+    corpus_tokens: int = 0  # every document's tokens (BOS and EOS included)
+    cut: str = "chunk"  # "window" (one per document per epoch) or "chunk" (concatenated, cut into rows)
+    row_length: int = 0  # model_max_length
+    samples: int = 0  # rows per epoch
+    tokens: int = 0  # tokens trained per epoch (loss on every token)
+    long_documents: int = 0  # documents longer than a row
+    length_percentiles: dict[str, int] = field(default_factory=dict)  # document lengths
+    packed: bool = False  # chunk rows keep documents apart (--packing)
+    from_cache: bool = False
+    packed_rows: int | None = None  # the conversations' field; text rows are never re-packed
+
+    @classmethod
+    def from_lengths(cls, lengths, cut: str, row_length: int, packed: bool = False, **fields) -> TextStats:
+        lengths = np.asarray(lengths, dtype=np.int64)
+        total = int(lengths.sum())
+        if cut == "window":
+            samples, tokens = len(lengths), int(np.minimum(lengths, row_length).sum())
+        else:
+            samples, tokens = -(-total // row_length), total
+        percentiles = {}
+        if lengths.size:
+            percentiles = {f"p{q}": int(np.percentile(lengths, q)) for q in PERCENTILES}
+            percentiles["max"] = int(lengths.max())
+        return cls(documents=len(lengths), corpus_tokens=total, cut=cut, row_length=row_length, samples=samples,
+                   tokens=tokens, long_documents=int((lengths > row_length).sum()),
+                   length_percentiles=percentiles, packed=packed, **fields)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def rows(self) -> list[tuple[str, str]]:
+        cut = (f"one random window of {self.row_length} tokens per document per epoch" if self.cut == "window"
+               else f"concatenated, rows of {self.row_length} tokens"
+               + (", documents kept apart" if self.packed else ""))
+        rows = [
+            ("documents", f"{self.documents:,}"),
+            ("skipped", ", ".join(f"{rule}: {n}" for rule, n in sorted(self.skipped.items())) or "0"),
+            ("corpus tokens", f"{self.corpus_tokens:,}"),
+            ("cut", cut),
+            ("rows per epoch", f"{self.samples:,}"),
+            ("tokens per epoch", f"{self.tokens:,}"),
+            (f"documents longer than {self.row_length}", f"{self.long_documents:,}"),
+        ]
+        if self.length_percentiles:
+            rows.append(("document length p50/p90/p99/max",
+                         "/".join(str(v) for v in self.length_percentiles.values())))
+        return rows
+
+    def summary(self) -> str:
+        return "; ".join(f"{label} {value}" for label, value in self.rows())

@@ -1,0 +1,84 @@
+"""Continued pre-training data (`--data_format text`): corpus -> cached documents -> windows or chunks.
+
+    data = build_text_data(DataArguments(data_path="corpus/", text_cut="window"), tokenizer, 512)
+
+returns the same SFTData the conversation pipeline does (train / eval data sets, collator, statistics),
+plus the Trainer callback that tells window data sets the seed and the epoch.
+"""
+
+from __future__ import annotations
+
+from llama_hw.data.collate import make_collator
+from llama_hw.data.corpus import load_corpus
+from llama_hw.data.stats import TextStats
+from llama_hw.data.text import expand_paths, is_text_file, looks_like_text_records
+from llama_hw.data.windows import ChunkDataset, DocumentTokens, WindowDataset, window_epoch_callback
+from llama_hw.errors import DataError, UsageError
+
+DATA_FORMATS = ("auto", "conversations", "text")
+TEXT_CUTS = ("chunk", "window")
+RAW_TEMPLATE = "raw"  # FastChat's template that adds nothing: what chat should use on a pre-trained model
+
+
+def resolve_data_format(requested: str, data_path: str) -> str:
+    """"text" or "conversations": as requested, or detected from the files (`auto`)."""
+    if requested not in DATA_FORMATS:
+        raise UsageError(f"--data_format must be one of {', '.join(DATA_FORMATS)}, not {requested!r}")
+    if requested != "auto":
+        return requested
+    entries = [p.strip() for p in data_path.split(",") if p.strip()]
+    files = expand_paths(data_path)
+    kinds = {path: "text" if is_text_file(path) or looks_like_text_records(path) else "conversations"
+             for path in files}
+    if any(entry not in kinds for entry in entries):  # a directory or a glob: a corpus
+        return "text" if all(kind == "text" for kind in kinds.values()) else _mixed(kinds)
+    found = set(kinds.values())
+    return found.pop() if len(found) == 1 else _mixed(kinds)
+
+
+def _mixed(kinds: dict[str, str]) -> str:
+    text = next(path for path, kind in kinds.items() if kind == "text")
+    other = next(path for path, kind in kinds.items() if kind != "text")
+    raise DataError(
+        f"--data_path mixes a text corpus ({text}) with conversation data ({other}): train on one kind per run, "
+        "or pass --data_format text / conversations to read every file as that kind"
+    )
+
+
+def build_text_data(args, tokenizer, model_max_length: int):
+    from llama_hw.data.sft import SFTData
+    from llama_hw.data.templates import get_template
+
+    if args.text_cut not in TEXT_CUTS:
+        raise UsageError(f"--text_cut must be one of {', '.join(TEXT_CUTS)}, not {args.text_cut!r}")
+    if args.packing and args.text_cut == "window":
+        raise UsageError("--packing with --text_cut window: windows change every epoch and cannot be packed "
+                         "once; use --text_cut chunk --packing, or drop --packing")
+    if args.lazy_preprocess:
+        raise UsageError("--lazy_preprocess is for conversations; a text corpus is tokenized once into the "
+                         "data cache (drop the flag)")
+    if model_max_length < 2:
+        raise UsageError(f"--model_max_length {model_max_length} is too short for language modelling: use 2 or more")
+    train, stats = _split(args.data_path, args, tokenizer, model_max_length)
+    evaluation, eval_stats = (None, None)
+    if args.eval_data_path:
+        evaluation, eval_stats = _split(args.eval_data_path, args, tokenizer, model_max_length)
+    collator = make_collator("packed" if args.packing else "dynamic", tokenizer, model_max_length,
+                             args.pad_to_multiple_of)
+    windows = [d for d in (train, evaluation) if isinstance(d, WindowDataset)]
+    callbacks = [window_epoch_callback(windows[:1])] if windows else []  # eval windows stay at epoch 0
+    return SFTData(train, evaluation, collator, stats, eval_stats, get_template(RAW_TEMPLATE), callbacks)
+
+
+def _split(data_path: str, args, tokenizer, model_max_length: int):
+    files = expand_paths(data_path)
+    documents, counts = load_corpus(data_path, files, tokenizer, args.text_per_line, args.on_bad_record,
+                                    args.preprocessing_num_workers, use_cache=args.data_cache)
+    tokens = DocumentTokens(documents)
+    if args.text_cut == "window":
+        dataset = WindowDataset(tokens, model_max_length)
+    else:
+        dataset = ChunkDataset(tokens, model_max_length, isolate=args.packing)
+    stats = TextStats.from_lengths(tokens.lengths, args.text_cut, model_max_length, packed=args.packing,
+                                   skipped=counts.skipped, from_cache=counts.from_cache)
+    return dataset, stats
