@@ -285,7 +285,7 @@ def build_session(config: TrainConfig, callbacks: list | tuple = ()) -> Training
         data_collator=data.data_collator,
         processing_class=tokenizer,
         compute_metrics=compute_metrics,
-        callbacks=list(callbacks),
+        callbacks=list(callbacks) + list(getattr(data, "callbacks", ())),  # e.g. text windows' epoch
     )
     return TrainingSession(
         config=config, backend=backend, backend_reason=selection.reason, parallelism=parallelism,
