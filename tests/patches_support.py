@@ -12,6 +12,8 @@ import torch
 
 NPU_OPS = ("npu_fusion_attention", "npu_scaled_masked_softmax", "npu_rms_norm", "npu_rotary_mul", "npu_swiglu")
 CHIPS = {"910B": "Ascend910B3", "910A": "Ascend910A"}
+# Every patch but the chunked head, whose training output has no logits: these tests compare logits.
+KEEP_LOGITS = "all,-chunked_cross_entropy"
 
 
 def random_gqa_llama():
@@ -85,7 +87,8 @@ def assert_same(patched: Result, reference: Result, tolerance: float = 1e-5) -> 
 
 
 def spy_on_ops(monkeypatch, torch_npu) -> collections.Counter:
-    """Count calls of each fake fused op; records the sparse_mode of npu_fusion_attention calls too."""
+    """Count calls of each fake fused op; for npu_fusion_attention also per sparse_mode and per layout
+    ("TND sparse_mode=3"), and the last TND call's actual_seq_qlen / actual_seq_kvlen."""
     calls: collections.Counter = collections.Counter()
     for name in NPU_OPS:
         original = getattr(torch_npu, name)
@@ -93,7 +96,12 @@ def spy_on_ops(monkeypatch, torch_npu) -> collections.Counter:
         def spy(*args, _original=original, _name=name, **kwargs):
             calls[_name] += 1
             if _name == "npu_fusion_attention":
+                layout = args[4] if len(args) > 4 else kwargs["input_layout"]
                 calls[f"sparse_mode={kwargs.get('sparse_mode', 0)}"] += 1
+                calls[f"{layout} sparse_mode={kwargs.get('sparse_mode', 0)}"] += 1
+                if layout == "TND":
+                    calls["TND actual_seq_qlen"] = list(kwargs["actual_seq_qlen"])
+                    calls["TND actual_seq_kvlen"] = list(kwargs["actual_seq_kvlen"])
             return _original(*args, **kwargs)
 
         monkeypatch.setattr(torch_npu, name, spy)

@@ -192,7 +192,8 @@ def test_varlen_tnd_with_queries_shorter_than_keys_aligns_modes_2_and_3_to_their
     q, k, v = tnd(q_lengths, kv_lengths)
     ends = {"actual_seq_qlen": cumulative(q_lengths), "actual_seq_kvlen": cumulative(kv_lengths)}
     for mode, bottom_right in ((3, True), (2, False)):
-        out = ops.npu_fusion_attention(q, k, v, NQ, "TND", atten_mask=triu_2048(), sparse_mode=mode, scale=0.3, **ends)[0]
+        out = ops.npu_fusion_attention(q, k, v, NQ, "TND", atten_mask=triu_2048(), sparse_mode=mode, scale=0.3,
+                                       **ends)[0]  # fmt: skip
         expected = per_document_sdpa(q, k, v, q_lengths, kv_lengths, 0.3, bottom_right=bottom_right)
         torch.testing.assert_close(out, expected, rtol=0, atol=1e-6)
 
@@ -211,7 +212,8 @@ def test_varlen_tnd_trailing_zeros_leave_batches_out(ops):
     q, k, v = tnd(lengths)
     ends = [2, 5, 9, 0, 0]  # the documented example: the last two batches take no part
     out = ops.npu_fusion_attention(
-        q, k, v, NQ, "TND", atten_mask=triu_2048(), sparse_mode=3, scale=0.2, actual_seq_qlen=ends, actual_seq_kvlen=ends,
+        q, k, v, NQ, "TND", atten_mask=triu_2048(), sparse_mode=3, scale=0.2,
+        actual_seq_qlen=ends, actual_seq_kvlen=ends,
     )[0]  # fmt: skip
     torch.testing.assert_close(out, per_document_sdpa(q, k, v, lengths, lengths, 0.2), rtol=0, atol=1e-6)
 
@@ -220,7 +222,8 @@ def test_varlen_tnd_a_leading_zero_is_an_empty_first_batch_not_an_offset(ops):
     q, k, v = tnd([3, 5])
     arguments = {"atten_mask": triu_2048(), "sparse_mode": 3, "scale": 0.2}
     out = ops.npu_fusion_attention(q, k, v, NQ, "TND", actual_seq_qlen=[3, 8], actual_seq_kvlen=[3, 8], **arguments)[0]
-    led = ops.npu_fusion_attention(q, k, v, NQ, "TND", actual_seq_qlen=[0, 3, 8], actual_seq_kvlen=[0, 3, 8], **arguments)
+    led = ops.npu_fusion_attention(q, k, v, NQ, "TND", actual_seq_qlen=[0, 3, 8], actual_seq_kvlen=[0, 3, 8],
+                                   **arguments)  # fmt: skip
     torch.testing.assert_close(led[0], out, rtol=0, atol=0)
     with pytest.raises(RuntimeError, match="end at T"):  # flash-attn's cu_seqlens [0, 3, 8] minus its tail
         ops.npu_fusion_attention(q, k, v, NQ, "TND", actual_seq_qlen=[0, 3], actual_seq_kvlen=[0, 3], **arguments)
@@ -274,7 +277,8 @@ def test_varlen_tnd_gradients_equal_per_document_sdpa(ops):
     ends = cumulative(lengths)
     weights = torch.randn(sum(lengths), NQ, D, generator=torch.Generator().manual_seed(2))
     out = ops.npu_fusion_attention(
-        q, k, v, NQ, "TND", atten_mask=triu_2048(), sparse_mode=3, scale=0.25, actual_seq_qlen=ends, actual_seq_kvlen=ends,
+        q, k, v, NQ, "TND", atten_mask=triu_2048(), sparse_mode=3, scale=0.25,
+        actual_seq_qlen=ends, actual_seq_kvlen=ends,
     )[0]  # fmt: skip
     (out * weights).sum().backward()
     grads = [t.grad.clone() for t in (q, k, v)]

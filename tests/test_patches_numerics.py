@@ -17,6 +17,7 @@ import torch
 from llama_hw.backends.npu import NpuBackend
 from llama_hw.patches import apply_patches
 from patches_support import (
+    KEEP_LOGITS,
     CHIPS,
     PADDING_CASES,
     assert_same,
@@ -74,7 +75,7 @@ def test_logits_and_every_gradient_equal_the_unpatched_eager_model(npu, model, c
     ids, mask = padded_batch(lengths, 64, side, model.config.vocab_size)
     model.train()
     reference = forward_backward(model, ids, mask)
-    report = apply_patches(model, npu.backend, "train")
+    report = apply_patches(model, npu.backend, "train", selection=KEEP_LOGITS)
     try:
         patched = forward_backward(model, ids, mask)
     finally:
@@ -82,9 +83,11 @@ def test_logits_and_every_gradient_equal_the_unpatched_eager_model(npu, model, c
     assert_same(patched, reference)
     for op, count in expected_kernel_calls(model, npu.chip, 3, 64).items():
         assert npu.calls[op] == count, (op, dict(npu.calls))
-    if npu.chip == "910B":  # plain causal takes the compressed-mask mode, padding the full mask
-        mode = "sparse_mode=2" if case == "no_padding" else "sparse_mode=0"
-        assert npu.calls[mode] == model.config.num_hidden_layers
+    if npu.chip == "910B":  # right padding runs per row in TND, left padding on the full mask, none causal
+        mode = {"no_padding": "BNSD sparse_mode=3", "left_padding": "BNSD sparse_mode=0"}.get(case, "TND sparse_mode=3")
+        assert npu.calls[mode] == model.config.num_hidden_layers, dict(npu.calls)
+        if mode.startswith("TND"):
+            assert npu.calls["TND actual_seq_qlen"] == torch.tensor(lengths).cumsum(0).tolist()
 
 
 def test_greedy_generation_with_kv_cache_gives_the_same_tokens(npu, model):
@@ -137,7 +140,7 @@ def test_packed_sequences_stay_separate(npu, random_model):
             [model(input_ids=ids[:, a:b], use_cache=False).logits for a, b in zip(bounds, bounds[1:])], dim=1
         )
         eager_packed = model(input_ids=ids, position_ids=position_ids, use_cache=False).logits
-        report = apply_patches(model, npu.backend, "train")
+        report = apply_patches(model, npu.backend, "train", selection=KEEP_LOGITS)
         try:
             patched_packed = model(input_ids=ids, position_ids=position_ids, use_cache=False).logits
         finally:
@@ -155,7 +158,7 @@ def test_mixed_precision_autocast_runs_the_kernels_in_one_dtype(npu, random_mode
     ids, mask = padded_batch([64, 50, 64], 64, "right", model.config.vocab_size)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         reference = forward_backward(model, ids, mask)
-        report = apply_patches(model, npu.backend, "train")
+        report = apply_patches(model, npu.backend, "train", selection=KEEP_LOGITS)
         try:
             patched = forward_backward(model, ids, mask)
         finally:

@@ -56,3 +56,23 @@ def materialised_attend_mask(**mask_arguments: Any) -> torch.Tensor | None:
     """`attend_mask`, never skipped for plain causal attention (for kernels without a causal mode)."""
     mask_arguments["allow_is_causal_skip"] = False
     return attend_mask(**mask_arguments)
+
+
+def padding_mask_only(**mask_arguments: Any) -> torch.Tensor | None:
+    """transformers' flash-attention mask builder: the 2-D padding mask (None without padding) instead of a
+    dense 4-D one, for implementations that find the sequences themselves (varlen)."""
+    from transformers.masking_utils import flash_attention_mask
+
+    return flash_attention_mask(**mask_arguments)
+
+
+def dense_mask(padding: torch.Tensor, q_length: int, causal: bool = True) -> torch.Tensor:
+    """The bool [B, 1, q_length, kv_length] mask (True = attend) for a 2-D padding mask whose last q_length
+    positions are the queries (after a KV cache they line up with the last keys), as `attend_mask` opens it."""
+    batch, kv_length = padding.shape
+    if causal:
+        return attend_mask(batch_size=batch, q_length=q_length, kv_length=kv_length, q_offset=kv_length - q_length,
+                           attention_mask=padding.bool(), device=padding.device,
+                           allow_is_causal_skip=False)  # fmt: skip
+    mask = padding.bool()[:, None, None, :].expand(batch, 1, q_length, kv_length)
+    return mask | ~mask.any(dim=-1, keepdim=True)

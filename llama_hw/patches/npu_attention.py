@@ -1,14 +1,21 @@
 """Ascend attention for LLaMA: `npu_fusion_attention` on Atlas A2/A3, else fused softmax (910A).
 
 Both are transformers attention functions registered with `AttentionInterface` and `AttentionMaskInterface`
-under their own names, so padding, packed sequences and KV-cache offsets reach them as a boolean mask
-(see attention.py). They take q/k/v as transformers passes them (BNSD, k/v with the key-value heads) and
-return [B, S, N, D] like `sdpa_attention_forward`.
+under their own names (see attention.py), so padding, packed sequences and KV-cache offsets reach them.
+They take q/k/v as transformers passes them (BNSD, k/v with the key-value heads) and return [B, S, N, D]
+like `sdpa_attention_forward`.
 
-- npu_fusion_attention: one fused kernel, GQA native. With a mask: sparse_mode 0 with the full mask
-  (torch_npu masks where True, transformers' mask attends where True, hence `~mask`). Without one:
-  plain causal for q_len > 1, mapped to sparse_mode 2 (top-left aligned, exactly sdpa's `is_causal`,
-  which is what transformers' mask skip guarantees) with the compressed 2048x2048 mask; nothing for q_len 1.
+- npu_fusion_attention: one fused kernel, GQA native, registered with transformers' flash-attention mask
+  builder (the 2-D padding mask, None without padding), so no S x S mask is built for packed or padded rows:
+  - varlen: packed rows (documents from `cu_seq_lens_q`, else restarting `position_ids`) and right-padded
+    rows (padding dropped) run in the TND layout, each document causal on its own: `actual_seq_qlen` /
+    `actual_seq_kvlen` are the cumulative ends without a leading 0 (the last is T), and `sparse_mode=3`
+    with the compressed 2048x2048 mask, as the op documentation states for variable-length causal
+    attention (transformers' `npu_flash_attn_varlen_func` calls it the same way). Padding outputs are 0.
+  - dense rows, BNSD: left padding and KV-cache steps with padding take sparse_mode 0 with the full mask
+    (torch_npu masks where True, transformers' mask attends where True, hence `~mask`); plain causal and
+    chunks after a KV cache take sparse_mode 3 (rightDownCausal: new queries line up with the last keys;
+    top-left when there is no cache) with the compressed mask; a one-token query takes no mask.
   The scale is passed explicitly: the op's default is 1.0, not 1/sqrt(d).
 - npu_fused_softmax: eager attention whose softmax is `npu_scaled_masked_softmax`. Its kernel takes only
   last two dims in 32..4096 and divisible by 32, so each call checks and otherwise runs the plain softmax:
@@ -17,20 +24,25 @@ return [B, S, N, D] like `sdpa_attention_forward`.
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 import torch.nn.functional as F
 
 from llama_hw.patches.attention import (
-    attend_mask,
+    dense_mask,
     materialised_attend_mask,
+    padding_mask_only,
     register_attention,
     set_attention_implementation,
 )
+from llama_hw.patches.attention_segments import from_tokens, packed_lengths, right_padded_lengths, to_tokens
 from llama_hw.patches.base import Changes, Patch, PatchContext
 
 FUSION = "npu_fusion_attention"
 FUSED_SOFTMAX = "npu_fused_softmax"
 COMPRESSED_MASK_SIZE = 2048
+MAX_VARLEN_DOCUMENTS = 1024  # actual_seq_qlen holds at most 1K entries in the varlen scenario (op docs)
 _compressed_masks: dict[torch.device, torch.Tensor] = {}
 
 
@@ -55,12 +67,30 @@ def same_dtype(query, key, value):
     return query.to(dtype), key.to(dtype), value.to(dtype)
 
 
+def varlen_layout(attention_mask, kwargs: dict, batch: int, length: int):
+    """(document lengths, kept flat token indices or None) when the batch runs per document in TND: packed rows
+    (no mask) or right padding; None for dense rows (left padding, a 4-D mask, too many documents)."""
+    keep = None
+    if attention_mask is None:
+        lengths = packed_lengths(kwargs, batch, length)
+    elif attention_mask.dim() == 2:
+        lengths = right_padded_lengths(attention_mask)
+        if lengths is not None:
+            keep = attention_mask.reshape(-1).nonzero().squeeze(1)
+            lengths = [size for size in lengths if size]  # an all-padding row is no document
+    else:
+        return None
+    if not lengths or len(lengths) > MAX_VARLEN_DOCUMENTS:
+        return None
+    return lengths, keep
+
+
 def fusion_attention(torch_npu):
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     def npu_fusion_attention_forward(module, query, key, value, attention_mask, dropout=0.0, scaling=None,
                                      is_causal=None, **kwargs):  # fmt: skip
-        if attention_mask is not None and attention_mask.dtype != torch.bool:
+        if attention_mask is not None and attention_mask.dtype != torch.bool and attention_mask.dim() == 4:
             # A float 4-D mask handed in by the caller bypasses the mask interface; sdpa reads it as is.
             return sdpa_attention_forward(
                 module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, is_causal=is_causal,
@@ -68,17 +98,27 @@ def fusion_attention(torch_npu):
             )  # fmt: skip
         query, key, value = same_dtype(query, key, value)
         is_causal = getattr(module, "is_causal", True) if is_causal is None else is_causal
+        batch, heads, length, _ = query.shape
+        common = {"scale": scaling if scaling is not None else query.shape[-1] ** -0.5, "keep_prob": 1.0 - dropout}
+        layout = varlen_layout(attention_mask, kwargs, batch, length) if is_causal and key.shape[2] == length else None
+        if layout is not None:
+            lengths, keep = layout
+            ends = list(itertools.accumulate(lengths))  # cumulative ends without a leading 0, the last = T
+            output = torch_npu.npu_fusion_attention(
+                to_tokens(query, keep), to_tokens(key, keep), to_tokens(value, keep), heads, "TND",
+                atten_mask=compressed_causal_mask(query.device), sparse_mode=3,
+                actual_seq_qlen=ends, actual_seq_kvlen=ends, **common,
+            )[0]  # fmt: skip
+            return from_tokens(output, keep, batch, length), None
         mask_arguments = {}
         if attention_mask is not None:
-            mask_arguments = {"atten_mask": ~attention_mask, "sparse_mode": 0}
-        elif query.shape[2] > 1 and is_causal:
-            mask_arguments = {"atten_mask": compressed_causal_mask(query.device), "sparse_mode": 2}
-        output = torch_npu.npu_fusion_attention(
-            query, key, value, query.shape[1], "BNSD",
-            scale=scaling if scaling is not None else query.shape[-1] ** -0.5,
-            keep_prob=1.0 - dropout,
-            **mask_arguments,
-        )[0]  # fmt: skip
+            if attention_mask.dim() == 2:  # left padding, or padding with a KV cache
+                attention_mask = dense_mask(attention_mask, length, causal=is_causal)
+            mask_arguments = {"atten_mask": ~(attention_mask.bool()), "sparse_mode": 0}
+        elif length > 1 and is_causal:
+            # rightDownCausal: after a KV cache the new queries line up with the last keys (top-left without one)
+            mask_arguments = {"atten_mask": compressed_causal_mask(query.device), "sparse_mode": 3}
+        output = torch_npu.npu_fusion_attention(query, key, value, heads, "BNSD", **common, **mask_arguments)[0]
         return output.transpose(1, 2).contiguous(), None
 
     return npu_fusion_attention_forward
@@ -148,7 +188,7 @@ def check_fused_softmax(ctx: PatchContext) -> str | None:
 
 def apply_fusion(ctx: PatchContext) -> Changes:
     changes = Changes()
-    register_attention(changes, FUSION, fusion_attention(ctx.torch_npu()), attend_mask)
+    register_attention(changes, FUSION, fusion_attention(ctx.torch_npu()), padding_mask_only)
     set_attention_implementation(changes, ctx.model, FUSION)
     return changes
 
@@ -164,7 +204,8 @@ PATCHES = [
     Patch(
         name=FUSION,
         summary="attention as one torch_npu.npu_fusion_attention kernel (padding, packing, GQA, KV cache)",
-        replaces="model attention implementation -> npu_fusion_attention",
+        replaces="model attention implementation -> npu_fusion_attention (packed and right-padded rows varlen: "
+        "TND per document; left padding and KV-cache decoding dense rows: BNSD)",
         scope="model", backends=("npu",), model_types=("llama",),
         check=check_fusion, apply=apply_fusion, order=40,
     ),

@@ -24,7 +24,13 @@ from __future__ import annotations
 
 import torch
 
-from llama_hw.patches.attention import attend_mask, register_attention, set_attention_implementation
+from llama_hw.patches.attention import (
+    dense_mask,
+    padding_mask_only,
+    register_attention,
+    set_attention_implementation,
+)
+from llama_hw.patches.attention_segments import packed_lengths
 from llama_hw.patches.base import Changes, Patch, PatchContext
 
 NAME = "sdpa_varlen"
@@ -52,26 +58,6 @@ def padded_rows(mask: torch.Tensor) -> tuple[list[int], list[bool]] | None:
     return sizes, attended
 
 
-def packed_rows(kwargs: dict, batch: int, length: int) -> list[int] | None:
-    """Split sizes of packed rows: from `cu_seq_lens_q`, else where `position_ids` restart; None if unpacked."""
-    boundaries = kwargs.get("cu_seq_lens_q")
-    if boundaries is not None and kwargs.get("cu_seq_lens_k") is not None:
-        if not torch.equal(boundaries, kwargs["cu_seq_lens_k"]):
-            return None
-        edges = boundaries.tolist()
-        return [end - start for start, end in zip(edges[:-1], edges[1:])] if edges[-1] == batch * length else None
-    positions = kwargs.get("position_ids")
-    if positions is None or positions.dim() != 2:
-        return None
-    positions = positions.expand(batch, -1)
-    starts = torch.ones_like(positions, dtype=torch.bool)
-    starts[:, 1:] = positions[:, 1:] - positions[:, :-1] != 1
-    if int(starts.sum()) == batch:
-        return None  # one sequence per row: plain causal attention
-    edges = starts.reshape(-1).nonzero().squeeze(1).tolist() + [batch * length]
-    return [end - start for start, end in zip(edges[:-1], edges[1:])]
-
-
 def splitting_pays(sizes: list[int], attended: list[bool], batch: int, length: int, heads: int, head_dim: int) -> bool:
     """Whether per-sequence calls beat one dense masked call for a padded batch (see CALL_COST)."""
     skipped_pairs = batch * length * length - sum(size * size for size, real in zip(sizes, attended) if real)
@@ -87,7 +73,7 @@ def varlen_sdpa(module, query, key, value, attention_mask, dropout: float = 0.0,
     plan = None
     if key.shape[2] == length and getattr(module, "is_causal", True):
         if attention_mask is None:
-            sizes = packed_rows(kwargs, batch, length)
+            sizes = packed_lengths(kwargs, batch, length)
             plan = None if sizes is None else (sizes, [True] * len(sizes))
             if plan is None:
                 return sdpa_attention_forward(module, query, key, value, None, dropout=dropout, scaling=scaling,
@@ -105,9 +91,7 @@ def varlen_sdpa(module, query, key, value, attention_mask, dropout: float = 0.0,
             # New queries after a KV cache: sdpa's is_causal would line them up with the first keys.
             attention_mask = torch.ones(batch, key.shape[2], dtype=torch.bool, device=query.device)
         if attention_mask is not None and attention_mask.dim() == 2:
-            attention_mask = attend_mask(batch_size=batch, q_length=length, kv_length=key.shape[2], q_offset=offset,
-                                         attention_mask=attention_mask.bool(), device=query.device,
-                                         allow_is_causal_skip=False)  # fmt: skip
+            attention_mask = dense_mask(attention_mask, length)
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)  # fmt: skip
     sizes, attended = plan
@@ -126,12 +110,6 @@ def varlen_sdpa(module, query, key, value, attention_mask, dropout: float = 0.0,
     return torch.cat(outputs).view(batch, length, heads, head_dim), None
 
 
-def flash_style_mask(**mask_arguments):
-    from transformers.masking_utils import flash_attention_mask
-
-    return flash_attention_mask(**mask_arguments)
-
-
 def check(ctx: PatchContext) -> str | None:
     if "sdpa_attention" not in ctx.applied:
         return "needs sdpa_attention (it builds on transformers' sdpa)"
@@ -140,7 +118,7 @@ def check(ctx: PatchContext) -> str | None:
 
 def apply(ctx: PatchContext) -> Changes:
     changes = Changes()
-    register_attention(changes, NAME, varlen_sdpa, flash_style_mask)
+    register_attention(changes, NAME, varlen_sdpa, padding_mask_only)
     set_attention_implementation(changes, ctx.model, NAME)
     return changes
 
