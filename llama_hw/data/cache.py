@@ -76,8 +76,19 @@ class DatasetCache:
             return None
         from datasets import load_from_disk
 
-        stats = json.loads((self.path / STATS_FILE).read_text())
-        return load_from_disk(str(self.path)), stats
+        try:
+            stats = json.loads((self.path / STATS_FILE).read_text())
+            dataset = load_from_disk(str(self.path))
+        except (OSError, ValueError, IndexError, KeyError):  # damaged, or left empty by an older version
+            dataset = None
+        if dataset is None or len(dataset) == 0:
+            self.discard()
+            return None
+        return dataset, stats
+
+    def discard(self) -> None:
+        """Remove this entry (a later run tokenizes again instead of failing on it)."""
+        shutil.rmtree(self.path, ignore_errors=True)
 
     def store(self, dataset, stats: dict) -> None:
         staging = Path(tempfile.mkdtemp(prefix=self.path.name + ".", dir=self.root))

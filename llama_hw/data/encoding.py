@@ -22,7 +22,7 @@ UTF8_BOM = codecs.BOM_UTF8
 
 
 def _convert_hint(path: str, encoding: str) -> str:
-    return f"convert it to UTF-8: iconv -f {encoding} -t UTF-8 {path} > {path}.utf8 (then use that file)"
+    return f"convert it to UTF-8: iconv -f {encoding} -t UTF-8 {path} > {path}.utf8"
 
 
 def check_head(path: str, head: bytes) -> None:
@@ -61,11 +61,9 @@ def not_utf8_message(path: str, data: bytes, err: UnicodeDecodeError, base_offse
     bad = data[err.start : err.start + 4].hex(" ")
     guess = guess_encoding(data)
     source = guess or "ITS-ENCODING"
-    where = f"probably {guess}; " if guess else "find the encoding with `file -i` and "
-    return (
-        f"{path}: not UTF-8: byte offset {offset} (bytes {bad}) is not valid UTF-8 ({where}"
-        + _convert_hint(path, source)
-        + ")"
+    where = f"probably {guess}" if guess else "find its encoding with `file -i` and put it for ITS-ENCODING"
+    return f"{path}: not UTF-8: byte offset {offset} (bytes {bad}) is not valid UTF-8, {where}; " + _convert_hint(
+        path, source
     )
 
 

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from llama_hw.data.encoding import decode
 from llama_hw.errors import DataError
 
 Turn = tuple[str, str]  # (role, content), role "system", "user" or "assistant"
@@ -128,10 +129,13 @@ class InvalidLine:
 
 def _raw_records(path: str) -> list[object]:
     file = Path(path)
-    text = file.read_text(encoding="utf-8-sig")  # tolerate a byte-order mark
-    if file.suffix != ".jsonl" and text.lstrip().startswith("["):
+    text = decode(path, file.read_bytes()).lstrip("\ufeff")  # UTF-8 (a byte-order mark is tolerated)
+    stripped = text.lstrip()
+    if file.suffix != ".jsonl" and stripped.startswith("["):
         try:
             return json.loads(text)
+        except RecursionError:
+            raise DataError(f"{path}: {_TOO_DEEP}") from None
         except json.JSONDecodeError as err:
             # One broken array loses every record after it, so even skip mode stops here.
             raise DataError(
@@ -143,9 +147,35 @@ def _raw_records(path: str) -> list[object]:
         if line.strip():
             try:
                 records.append(json.loads(line))
+            except RecursionError:
+                raise DataError(f"{path}: line {line_number}: {_TOO_DEEP}") from None
             except json.JSONDecodeError as err:
+                if line_number == 1 and stripped.startswith("{"):
+                    _refuse_single_object(path, text)
                 records.append(InvalidLine(f"line {line_number} column {err.colno}: {err.msg}"))
     return records
+
+
+_TOO_DEEP = ("JSON nested too deeply to read (over ~1000 levels); records must be objects such as "
+             '{"conversations": [{"from": "human", "value": "..."}, ...]}')
+
+
+def _refuse_single_object(path: str, text: str) -> None:
+    """A file holding one JSON object over several lines: say what a data file must be instead."""
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError):
+        return  # not one object either: report the broken lines as usual
+    if isinstance(value, dict):
+        lists = [key for key, item in value.items() if isinstance(item, list)]
+        if any(fmt.key in value for fmt in FORMATS):
+            inside = " (a single record: wrap it in [ ])"
+        else:
+            inside = f" (its key {lists[0]!r} holds a list: write that list alone)" if lists else ""
+        raise DataError(
+            f"{path}: the file is one JSON object spread over several lines{inside}; a data file must be a "
+            "JSON array of records ([{...}, {...}]) or JSON Lines (one record per line)"
+        )
 
 
 def _detect_format(path: str, raw: Sequence[object]) -> RecordFormat:

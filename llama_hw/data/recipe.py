@@ -81,6 +81,37 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+TRAINED_MARKS = ("[[", "]]")  # around trained text when the output is not a terminal (a file, a pipe)
+CUT_MARK = "~~cut~~"  # where truncation cuts the prompt, in plain output
+
+
+def trained_spans(offsets, labels) -> list[tuple[int, int]]:
+    """Character spans of the trained tokens, adjacent ones merged."""
+    spans: list[tuple[int, int]] = []
+    for (start, end), label in zip(offsets, labels):
+        if label == -100 or start == end:
+            continue
+        if spans and start <= spans[-1][1]:
+            spans[-1] = (spans[-1][0], max(end, spans[-1][1]))
+        else:
+            spans.append((start, end))
+    return spans
+
+
+def marked_prompt(prompt: str, spans: list[tuple[int, int]], kept_end: int) -> str:
+    """The prompt as plain text: trained spans between TRAINED_MARKS, the truncation point marked."""
+    pieces, position = [], 0
+    for start, end in spans:
+        pieces += [prompt[position:start], TRAINED_MARKS[0], prompt[start:end], TRAINED_MARKS[1]]
+        position = end
+    pieces.append(prompt[position:])
+    text = "".join(pieces)
+    if kept_end < len(prompt):
+        shift = sum(len(m) for start, _end in spans if start < kept_end for m in TRAINED_MARKS)
+        text = text[: kept_end + shift] + CUT_MARK + text[kept_end + shift :]
+    return text
+
+
 def show(report: dict, tokenizer, sft, list_tokens: bool) -> None:
     from rich.console import Console
     from rich.panel import Panel
@@ -92,18 +123,23 @@ def show(report: dict, tokenizer, sft, list_tokens: bool) -> None:
     offsets = tokenizer(
         prompt, add_special_tokens=sft.template.add_special_tokens, return_offsets_mapping=True
     )["offset_mapping"]
-    text = Text(prompt)
     kept_end = max((end for _start, end in offsets[: len(labels)]), default=0)
-    text.stylize("dim strike", kept_end, len(prompt))  # cut by truncation
-    for (start, end), label in zip(offsets, labels):
-        if label != -100:
+    spans = trained_spans(offsets, labels)
+    if console.is_terminal:
+        text = Text(prompt)
+        text.stylize("dim strike", kept_end, len(prompt))  # cut by truncation
+        for start, end in spans:
             text.stylize("bold black on green", start, end)
+        trained, cut = "(green)", "(struck through)"
+    else:  # styles are dropped when not on a terminal: mark the text itself
+        text = Text(marked_prompt(prompt, spans, kept_end))
+        trained, cut = f"(between {TRAINED_MARKS[0]} and {TRAINED_MARKS[1]})", f"(from {CUT_MARK})"
     title = f"record {report['index']} · {report['file']} #{report['record_in_file']} · template {report['template']}"
     console.print(Panel(text, title=title, title_align="left"))
     state = "dropped: no trainable token" if report["dropped"] else "kept"
     console.print(
-        f"{len(report['input_ids'])} tokens, {report['trained_tokens']} trained (green), "
-        f"{'truncated (struck through)' if report['truncated'] else 'not truncated'}, {state}"
+        Text(f"{len(report['input_ids'])} tokens, {report['trained_tokens']} trained {trained}, "
+             f"{'truncated ' + cut if report['truncated'] else 'not truncated'}, {state}")
     )
     if list_tokens:
         tokens = Table("#", "id", "token", "label", box=None)

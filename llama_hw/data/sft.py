@@ -147,7 +147,8 @@ def prepare_split(data_path: str, args: DataArguments, tokenizer, template: Temp
         return LazySFTDataset(records, tokenizer, template, model_max_length), stats
     workers = args.preprocessing_num_workers
     if not args.data_cache:
-        return tokenize_records(_read(data_path, args), tokenizer, template, model_max_length, workers)
+        dataset, stats = tokenize_records(_read(data_path, args), tokenizer, template, model_max_length, workers)
+        return _require_samples(data_path, dataset, stats, model_max_length)
     settings = {
         "tokenizer": tokenizer_fingerprint(tokenizer),
         "template": template.name,
@@ -164,6 +165,7 @@ def prepare_split(data_path: str, args: DataArguments, tokenizer, template: Temp
         dataset, stats = tokenize_records(
             _read(data_path, args), tokenizer, template, model_max_length, workers, fingerprint=key
         )
+        _require_samples(data_path, dataset, stats, model_max_length)  # before anything is cached
         cache.store(dataset, stats.to_dict())
         dataset, _stats = cache.load()  # memory-mapped, as every later run will see it
         return dataset, stats
@@ -172,6 +174,22 @@ def prepare_split(data_path: str, args: DataArguments, tokenizer, template: Temp
 def _read(data_path: str, args: DataArguments) -> Records:
     records = read_records(data_path, args.on_bad_record)
     if not len(records):
-        skipped = ", ".join(f"{rule}: {n}" for rule, n in sorted(records.skipped.items()))
-        raise DataError(f"{data_path}: no usable record; skipped {skipped}")
+        skipped = ", ".join(f"{rule}: {n}" for rule, n in sorted(records.skipped.items())) or "none"
+        raise DataError(
+            f"{data_path}: no usable record: 0 valid, {sum(records.skipped.values())} skipped by --on_bad_record "
+            f"skip ({skipped}); fix the records (run with --on_bad_record error to see the first bad one)"
+        )
     return records
+
+
+def _require_samples(data_path: str, dataset, stats: DataStats, model_max_length: int):
+    """Refuse a split whose every record was dropped: a Trainer cannot start on an empty data set."""
+    if stats.samples:
+        return dataset, stats
+    skipped = sum(stats.skipped.values())
+    raise DataError(
+        f"{data_path}: every record was dropped: {stats.records} valid records all have no trainable token "
+        f"within --model_max_length {model_max_length} (their assistant replies start after it)"
+        + (f", {skipped} more skipped as invalid" if skipped else "")
+        + "; raise --model_max_length or shorten the prompts"
+    )

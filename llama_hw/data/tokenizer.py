@@ -22,6 +22,8 @@ from pathlib import Path
 from llama_hw.errors import UsageError
 
 SENTENCEPIECE_FILE = "tokenizer.model"
+# The files a fast tokenizer is built from: without one of them transformers goes looking on the Hub.
+TOKENIZER_SOURCES = (SENTENCEPIECE_FILE, "tokenizer.json", "vocab.json")
 SPIECE_UNDERLINE = "▁"
 BPE_MODEL_TYPE = 2  # sentencepiece_model.proto TrainerSpec.ModelType
 NORMAL, USER_DEFINED = 1, 4  # sentencepiece_model.proto SentencePiece.Type
@@ -38,7 +40,7 @@ def load_tokenizer(
     `padding_side` None keeps the side saved with the tokenizer (right if none was saved); a given side is
     also recorded in init_kwargs, so `save_pretrained` persists it (the cls task trains with left padding).
     """
-    directory = Path(path)
+    directory = tokenizer_directory(path)
     bare_sentencepiece = (directory / SENTENCEPIECE_FILE).is_file() and not (directory / "tokenizer.json").is_file()
     if bare_sentencepiece:
         tokenizer = tokenizer_from_sentencepiece(directory)
@@ -46,11 +48,12 @@ def load_tokenizer(
         from transformers import AutoTokenizer
 
         try:
-            tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-        except (OSError, ValueError) as err:
+            tokenizer = AutoTokenizer.from_pretrained(str(directory), trust_remote_code=trust_remote_code)
+        except Exception as err:  # noqa: BLE001 - the tokenizers library raises a bare Exception for bad JSON
+            detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise UsageError(
-                f"cannot load a tokenizer from {path}: {err}. Give a directory with tokenizer.json or "
-                f"SentencePiece's {SENTENCEPIECE_FILE} (--tokenizer / --model_name_or_path)"
+                f"cannot load the tokenizer in {directory} ({detail}); re-download its tokenizer.json, or give a "
+                f"directory with tokenizer.json or SentencePiece's {SENTENCEPIECE_FILE}"
             ) from None
     if not tokenizer.is_fast:
         raise UsageError(
@@ -67,6 +70,25 @@ def load_tokenizer(
     return tokenizer
 
 
+def tokenizer_directory(path: str) -> Path:
+    """The local folder of the tokenizer `path` names (a Hub id `org/name` resolved through the Hugging Face
+    cache), checked to hold tokenizer files before transformers would look for them on the Hub."""
+    from llama_hw.models.hub import looks_like_hub_id, resolve_model_path
+
+    directory = Path(path).expanduser()
+    if not directory.exists() and looks_like_hub_id(str(path)):
+        directory = resolve_model_path(path, flag="--tokenizer")
+    if not directory.is_dir():
+        what = "does not exist" if not directory.exists() else "is a file; give the folder that holds it"
+        raise UsageError(f"tokenizer directory {directory} {what}")
+    if not any((directory / name).is_file() for name in TOKENIZER_SOURCES):
+        raise UsageError(
+            f"no {SENTENCEPIECE_FILE} / tokenizer.json in {directory}; copy the tokenizer files of the model it "
+            "came from (tokenizer.model, or tokenizer.json and tokenizer_config.json) into it"
+        )
+    return directory
+
+
 def tokenizer_from_sentencepiece(directory: Path):
     """A fast tokenizer equal to SentencePiece's BPE model in `directory` (see the module docstring)."""
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers
@@ -74,8 +96,14 @@ def tokenizer_from_sentencepiece(directory: Path):
     from transformers import PreTrainedTokenizerFast
     from transformers.convert_slow_tokenizer import import_protobuf
 
+    from google.protobuf.message import DecodeError
+
     proto = import_protobuf().ModelProto()
-    proto.ParseFromString((directory / SENTENCEPIECE_FILE).read_bytes())
+    try:
+        proto.ParseFromString((directory / SENTENCEPIECE_FILE).read_bytes())
+    except DecodeError as err:
+        raise UsageError(f"{directory / SENTENCEPIECE_FILE} is not a SentencePiece model ({err}); re-download "
+                         "it from the model's source") from None
     spec, norm = proto.trainer_spec, proto.normalizer_spec
     if spec.model_type != BPE_MODEL_TYPE or norm.precompiled_charsmap:
         raise UsageError(
