@@ -26,12 +26,46 @@ def versions() -> dict[str, str | None]:
     return found
 
 
-def collect(device: str | None = None) -> dict[str, Any]:
+def peak_origin(backend, precision: str, reprobe: bool = False) -> dict[str, Any]:
+    """Where the backend's peak TFLOP/s for `precision` comes from: {"tflops", "source", ...}.
+
+    source: "env" (LLAMA_HW_PEAK_TFLOPS), "table" (the datasheet figure of the device), "probe" (the CPU's
+    GEMM probe, run now: with its date and load average) or "cache" (an earlier quiet probe)."""
+    from llama_hw.backends.base import peak_tflops_override
+
+    if hasattr(backend, "peak_origin"):
+        if reprobe and peak_tflops_override(precision) is None and precision in backend.supported_precisions():
+            return backend.measured_peak(precision, reprobe=True).as_dict()
+        return backend.peak_origin(precision).as_dict()
+    if peak_tflops_override(precision) is not None:
+        return {"tflops": peak_tflops_override(precision), "source": "env"}
+    return {"tflops": backend.table_peak_tflops(precision), "source": "table"}
+
+
+def describe_origin(origin: dict[str, Any]) -> str:
+    """One phrase: `env`, `table`, or `probe 2026-12-01T22:00:00+00:00 (load 0.12, best of 3)`."""
+    source = origin["source"]
+    if source in ("probe", "cache"):
+        load = origin.get("load_1m")
+        text = f"{source} {origin.get('measured_at') or 'of unknown date'} ("
+        text += ("unknown load" if load is None else f"load {load:.2f}") + (f", best of {origin['repeats']})"
+                                                                          if origin.get("repeats") else ")")
+        source = text
+    return source + (f"; {origin['note']}" if origin.get("note") else "")
+
+
+def collect(device: str | None = None, reprobe: bool = False) -> dict[str, Any]:
     selection = select_backend(device)
+    backend = selection.backend
+    origins = {}
+    if backend.availability().available:
+        origins = {p: peak_origin(backend, p, reprobe) for p in backend.supported_precisions()}
+    selected = backend.describe()  # after a re-probe: describe() reads the same, memoized, figure
     return {
         "backend": selection.backend.name,
         "reason": selection.reason,
-        "selected": selection.backend.describe(),
+        "selected": selected,
+        "peak_origin": origins,
         "backends": [cls().describe() for cls in backend_classes().values()],
         "versions": versions(),
         "host": platform.node(),
@@ -53,7 +87,8 @@ def render(report: dict[str, Any]) -> None:
         value = chosen.get(key)
         details.add_row(key, ", ".join(value) if isinstance(value, list) else str(value))
     peaks = ", ".join(
-        f"{precision} {value:.3g}" if value is not None else f"{precision} unknown"
+        (f"{precision} {value:.3g}" if value is not None else f"{precision} unknown")
+        + (f" [{describe_origin(report['peak_origin'][precision])}]" if precision in report["peak_origin"] else "")
         for precision, value in chosen.get("peak_tflops", {}).items()
     )
     details.add_row("peak TFLOP/s", peaks)
@@ -88,8 +123,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="llama-hw env", description=__doc__)
     parser.add_argument("--device", default=None, help=f"cpu, cuda, npu or {AUTO} (default: LLAMA_HW_DEVICE or auto)")
     parser.add_argument("--json", action="store_true", help="print one JSON object for scripts")
+    parser.add_argument("--probe", action="store_true", help="CPU: run the GEMM peak probe again even if one is "
+                        "cached; the cache keeps it if the machine was quiet or it beats the cached figure")
     args = parser.parse_args(argv)
-    report = collect(args.device)
+    report = collect(args.device, reprobe=args.probe)
     if args.json:
         json.dump(report, sys.stdout, indent=1)
         print()

@@ -1,21 +1,21 @@
-"""Model FLOPs of a training step, and MFU.
+"""FLOPs of a training step two ways, and MFU.
 
-The count is the usual one (PaLM, appendix B; Megatron-LM): a weight matrix costs 2 FLOPs per token and
+The count per weight matrix is the usual one (PaLM, appendix B; Megatron-LM): 2 FLOPs per row and
 parameter in the forward pass, 2 for the gradient of its input and 2 for the gradient of its weight —
 6N for full fine-tuning, where N counts the matrices a token is multiplied by (attention and MLP
 projections, the output head; the input embedding is a lookup). Frozen weights (LoRA's base) skip the
-weight gradient. Attention adds 12 x layers x (heads x head size) x context per token: QK^T and AV, 2
-FLOPs each per context position, x3 for forward and backward, counted without the causal half, as PaLM
-does. Recomputation (activation checkpointing) is not model work and is not counted.
+weight gradient. Attention costs 12 x layers x (heads x head size) per query/key pair: QK^T and AV, 2
+FLOPs each, x3 for forward and backward. Recomputation (activation checkpointing, flash attention's
+backward) is not counted: the figures are lower bounds of what the device did.
 
-Two choices make the count describe the training objective rather than one implementation of it:
-- the output head counts at the positions that have a label (all of them in pre-training-style rows;
-  the replies in SFT): the logits of a prompt or padding position are not part of the loss;
-- the context of a token is the sequence the attention runs over as the batch is laid out: the padded
-  row for padded batches, its own conversation for packed rows (block-diagonal attention).
-So a batch costs `body x tokens + head x labelled positions + attention_coefficient x sum of length^2`.
-`mfu` applies it to every processed position (padding included, as the Ascend port counted), `mfu_effective` to
-real text only (the real sequences' own lengths): the work any correct implementation must do.
+- executed work (`mfu`): what the kernels of this run compute — the decoder layers on every processed
+  row (padding too: the layers run on it), the head on the rows it computes (all, or only the labelled
+  ones with the chunked head), attention on the pairs its layout computes (llama_hw/bench/work.py).
+  On a correct peak it cannot exceed 1, and it shows what a patch saves only as time, not as work.
+- model FLOPs (`model_flops_utilization`, the number papers report): 6N + 12 L h n per real token, n the
+  length of its own sequence, padding and the head's skipped rows counted as nothing, attention as the full
+  n x n square (PaLM's convention, not halved for causality). It compares runs on the same text whatever
+  the implementation does.
 """
 
 from __future__ import annotations
@@ -38,7 +38,8 @@ def matmul_parameters(shape: ModelShape) -> int:
 
 @dataclass(frozen=True)
 class FlopsModel:
-    """FLOPs of a training token: `body` each, `head` where it has a label, attention per context position."""
+    """FLOPs per row: `body` through the decoder layers, `head` through the output head, and
+    `attention_coefficient` per query/key pair."""
 
     body: float  # 4 x decoder matrices + 2 x the trainable ones (6 N_body for full fine-tuning)
     head: float  # the output head: 6 V h when it trains, 4 V h when frozen
@@ -57,13 +58,28 @@ class FlopsModel:
         )
 
     def per_token(self, context: int, labelled: bool = True) -> float:
-        """FLOPs of one token attending over `context` positions (6N + 12 L h T for full fine-tuning)."""
+        """Model FLOPs of one token attending over `context` positions (6N + 12 L h T for full fine-tuning)."""
         return self.body + (self.head if labelled else 0.0) + self.attention_coefficient * context
 
-    def batch(self, tokens: float, squared_lengths: float, labelled: float) -> float:
-        """FLOPs of `tokens` positions, `labelled` of them with a label, in sequences whose squared
-        lengths sum to `squared_lengths`."""
-        return self.body * tokens + self.head * labelled + self.attention_coefficient * squared_lengths
+    def batch(self, tokens: float, pairs: float, head_rows: float) -> float:
+        """FLOPs of `tokens` rows through the decoder layers, `head_rows` through the head and `pairs`
+        query/key pairs of attention."""
+        return self.body * tokens + self.head * head_rows + self.attention_coefficient * pairs
+
+    def executed(self, counts, head_labelled_only: bool) -> float:
+        """The work the kernels did on `counts` (TokenCounts of a layout-aware counter)."""
+        return self.batch(counts.processed, counts.attention_pairs, self.head_rows(counts, head_labelled_only))
+
+    def attention(self, counts) -> float:
+        return self.attention_coefficient * counts.attention_pairs
+
+    @staticmethod
+    def head_rows(counts, head_labelled_only: bool) -> int:
+        return counts.trained if head_labelled_only else counts.processed
+
+    def model_flops(self, counts) -> float:
+        """Classic model FLOPs: 6N (head included) + attention over its own text, per real token."""
+        return self.batch(counts.effective, counts.effective_squared, counts.effective)
 
 
 def mfu(flops_per_second: float, peak_tflops: float | None) -> float | None:

@@ -18,12 +18,17 @@ from typing import Any
 
 from llama_hw.bench.flops import mfu
 from llama_hw.bench.meter import Measurement
+from llama_hw.bench.stability import SPREAD_WARNING
+from llama_hw.env import describe_origin
 
-SCHEMA_VERSION = 1
+# 2: `mfu` is executed-work MFU and `model_flops_utilization` the classic one (1 had `mfu` over processed
+# tokens and `mfu_effective`, both counting work that patches skip); `work`, `peak_source`, `rate_stability`.
+SCHEMA_VERSION = 2
 REQUIRED_KEYS = (
-    "name", "device", "tokens_per_s_per_device", "mfu", "mfu_effective", "step_time_s", "first_step_s",
+    "name", "device", "tokens_per_s_per_device", "mfu", "model_flops_utilization", "step_time_s", "first_step_s",
     "peak_memory_bytes", "losses", "config", "versions",
 )  # fmt: skip
+SCHEMA_1_KEYS = tuple(key if key != "model_flops_utilization" else "mfu_effective" for key in REQUIRED_KEYS)
 RATE_KEYS = ("processed", "effective", "trained")
 
 
@@ -61,6 +66,31 @@ def host_description(load_average_at_start: float | None = None) -> dict[str, An
     }
 
 
+def warnings_for(measurement: Measurement, host: dict[str, Any], peak: dict[str, Any]) -> list[str]:
+    """What makes this run's numbers less trustworthy than they look."""
+    from llama_hw.backends.cpu import quiet_load_limit
+
+    found = []
+    times = measurement.step_time_percentiles()
+    if times["spread"] is not None and times["spread"] > SPREAD_WARNING:
+        found.append(f"step times spread {100 * times['spread']:.0f} % ((p90 - p10) / p50 > "
+                     f"{100 * SPREAD_WARNING:.0f} %): another job, data-dependent steps or too few steps")  # fmt: skip
+    limit = quiet_load_limit()
+    start, end = host.get("load_average_1m_at_start"), host.get("load_average_1m_at_end")
+    own = host.get("torch_threads") or 1  # this run's own threads are in the load at its end
+    if start is not None and start >= limit:
+        found.append(f"the machine was busy before the run (1-minute load {start:.2f} >= {limit:.2f})")
+    elif end is not None and end >= own + limit:
+        found.append(f"the machine was busy during the run (1-minute load {end:.2f} at the end, with this run's "
+                     f"{own} threads)")  # fmt: skip
+    if peak.get("source") == "probe" and not peak.get("quiet"):
+        found.append("the peak was probed on a busy machine: MFU reads high (set LLAMA_HW_PEAK_TFLOPS or run "
+                     "`llama-hw env --probe` on a quiet machine)")  # fmt: skip
+    if measurement.stop_reason.startswith(("--max-steps", "time limit")) and "CI" in measurement.stop_reason:
+        found.append(f"not stable: {measurement.stop_reason}")
+    return found
+
+
 def build_record(session, measurement: Measurement) -> dict[str, Any]:
     """The JSON object of a finished run (see REQUIRED_KEYS)."""
     from llama_hw.env import versions
@@ -68,11 +98,13 @@ def build_record(session, measurement: Measurement) -> dict[str, Any]:
     spec, backend = session.spec, session.backend
     counts = measurement.counts
     seconds = measurement.measured_seconds
-    flops = session.flops
-    processed_flops = flops.batch(counts.processed, counts.processed_squared, counts.trained)
-    effective_flops = flops.batch(counts.effective, counts.effective_squared, counts.trained)
-    peak = backend.peak_tflops(session.precision)
+    flops, layout = session.flops, session.layout
+    executed = flops.executed(counts, layout.head_labelled_only)
+    model_flops = flops.model_flops(counts)
+    peak = session.peak.get("tflops") if session.peak else backend.peak_tflops(session.precision)
     world = measurement.world_size
+    per_step = 1 / max(1, len(measurement.measured)) / world  # totals -> per device and measured step
+    host = host_description(session.load_average_at_start)
     rates = {key: measurement.per_device_rate(getattr(counts, key)) for key in RATE_KEYS}
     config = asdict(spec)
     args = session.trainer.args  # what Trainer itself runs with: its world size is the data-parallel one
@@ -86,12 +118,24 @@ def build_record(session, measurement: Measurement) -> dict[str, Any]:
         "device": {"backend": backend.name, "product": backend.device_name(), "count": world},
         "tokens_per_s_per_device": rates,
         "samples_per_s_per_device": measurement.per_device_rate(counts.samples),
-        "mfu": mfu(processed_flops / seconds / world, peak),
-        "mfu_effective": mfu(effective_flops / seconds / world, peak),
+        "mfu": mfu(executed / seconds / world, peak),
+        "model_flops_utilization": mfu(model_flops / seconds / world, peak),
         "peak_tflops": peak,
-        "model_flops_per_token": processed_flops / counts.processed if counts.processed else None,
+        "peak_source": session.peak or {"tflops": peak, "source": "table"},
+        "work": {
+            "attention_layout": layout.attention,
+            "head_rows": "labelled" if layout.head_labelled_only else "all",
+            "decided_by": layout.why,
+            "flops_per_device_step": executed * per_step,
+            "attention_flops_per_device_step": flops.attention(counts) * per_step,
+            "head_rows_per_device_step": flops.head_rows(counts, layout.head_labelled_only) * per_step,
+            "model_flops_per_device_step": model_flops * per_step,
+        },
+        "model_flops_per_token": model_flops / counts.effective if counts.effective else None,
         "step_time_s": measurement.step_time_percentiles(),
         "step_times_s": [step.seconds for step in measurement.measured],
+        "rate_stability": measurement.rate_stability(),
+        "stop_reason": measurement.stop_reason,
         "first_step_s": measurement.first_step_s,
         "measured_steps": len(measurement.measured),
         "peak_memory_bytes": measurement.peak_memory_bytes,
@@ -114,8 +158,9 @@ def build_record(session, measurement: Measurement) -> dict[str, Any]:
         "parallelism": session.parallelism.describe(),
         "patches": list(session.patch_report.applied),
         "versions": versions(),
-        "host": host_description(session.load_average_at_start),
+        "host": host,
         "git": git_commit(),
+        "warnings": warnings_for(measurement, host, session.peak or {}),
     }
 
 
@@ -140,11 +185,21 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
             record = json.loads(line)
         except ValueError as err:
             raise DataError(f"{path}:{number}: not a JSON line ({err})") from None
-        missing = [key for key in REQUIRED_KEYS if key not in record]
-        if missing:
-            raise DataError(f"{path}:{number}: not a `bench run` result (no {', '.join(missing)})")
-        records.append(record)
+        schema_1 = isinstance(record, dict) and record.get("schema", 1) == 1 and "mfu_effective" in record
+        missing = [key for key in (SCHEMA_1_KEYS if schema_1 else REQUIRED_KEYS) if key not in record]
+        if not isinstance(record, dict) or missing:
+            what = ", ".join(missing) if isinstance(record, dict) else "JSON object"
+            raise DataError(f"{path}:{number}: not a `bench run` result (no {what})")
+        records.append(upgrade(record) if schema_1 else record)
     return records
+
+
+def upgrade(record: dict[str, Any]) -> dict[str, Any]:
+    """A schema-1 record, readable next to new ones: its MFU figures counted skipped work (see SCHEMA_VERSION),
+    so they are dropped rather than shown beside executed-work MFU."""
+    record = dict(record)
+    record.update(mfu=None, model_flops_utilization=None, schema_1_mfu=record.get("mfu"))
+    return record
 
 
 def gib(value: float | None) -> str:
@@ -165,12 +220,28 @@ def summary(record: dict[str, Any]) -> str:
         f"  tokens/s/device: {rates['effective']:,.0f} effective, {rates['processed']:,.0f} processed, "
         f"{rates['trained']:,.0f} trained ({percent(tokens['padding_fraction'])} padding); "
         f"{record['samples_per_s_per_device']:.2f} samples/s/device",
-        f"  MFU {percent(record['mfu'])} (effective {percent(record['mfu_effective'])}) of "
-        + (f"{record['peak_tflops']:.3g} TFLOP/s peak" if record["peak_tflops"] else "an unknown peak"),
-        f"  step {steps['p50']:.3f} s p50, {steps['p90']:.3f} s p90 over {record['measured_steps']} steps; "
+        f"  MFU {percent(record['mfu'])} of the work executed, model FLOPs utilisation "
+        f"{percent(record['model_flops_utilization'])} (6N + attention per real token), of "
+        + (f"{record['peak_tflops']:.3g} TFLOP/s peak" if record["peak_tflops"] else "an unknown peak")
+        + f" [{describe_origin(record['peak_source'])}]",
+        f"  work per device and step: {record['work']['flops_per_device_step'] / 1e12:.4g} TFLOP, attention "
+        f"{record['work']['attention_flops_per_device_step'] / 1e12:.4g} TFLOP ({record['work']['attention_layout']}), "
+        f"head on {record['work']['head_rows_per_device_step']:,.0f} rows ({record['work']['head_rows']})",
+        f"  step {steps['p50']:.3f} s p50, {steps['p90']:.3f} s p90, spread {percent(steps['spread'])} over "
+        f"{record['measured_steps']} steps ({record['stop_reason'] or 'max steps'}); "
         f"first step {record['first_step_s']:.3f} s",
+        stability_line(record["rate_stability"]),
         f"  peak memory {gib(record['peak_memory_bytes'])} per device, host RSS {gib(record['host_rss_peak_bytes'])}",
         f"  loss {record['losses'][0]:.4f} -> {record['losses'][-1]:.4f}" if record["losses"] else "  loss: none logged",
         f"  patches: {', '.join(record['patches']) or 'none'}",
+        *(f"  warning: {warning}" for warning in record.get("warnings", [])),
     ]
     return "\n".join(lines)
+
+
+def stability_line(stability: dict[str, Any]) -> str:
+    if stability.get("ci95_low") is None:
+        return "  median effective tokens/s: too few steps for a 95 % interval"
+    return (f"  median effective tokens/s/device {stability['median']:,.0f}, 95 % interval "
+            f"{stability['ci95_low']:,.0f}..{stability['ci95_high']:,.0f} "
+            f"(+-{100 * stability['ci95_half_width_relative']:.1f} %)")  # fmt: skip

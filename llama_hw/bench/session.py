@@ -19,9 +19,12 @@ from typing import Any
 
 from llama_hw.bench.data import PADDINGS, BenchData, fixed_length_data, lengths_like, real_data
 from llama_hw.bench.flops import FlopsModel
+from llama_hw.bench.memory import check_fits
 from llama_hw.bench.meter import BenchMeter
 from llama_hw.bench.presets import PRESETS, ModelShape, ShapeOverrides, preset_shape
+from llama_hw.bench.stability import StopRule
 from llama_hw.bench.tokens import TokenCounter
+from llama_hw.bench.work import WorkLayout, work_layout
 from llama_hw.errors import UsageError
 from llama_hw.utils import distributed
 
@@ -38,8 +41,12 @@ class BenchSpec:
     seq_len: int = 2048
     micro_batch: int = 1
     grad_accum: int = 1
-    steps: int = 10
+    steps: int | None = None  # None: until the median rate is stable (min_steps..max_steps, ci_bound)
     warmup: int = 2
+    min_steps: int = 8
+    max_steps: int = 60
+    ci_bound: float = 0.05
+    time_limit_s: float = 600.0
     padding: str = "dynamic"
     data_path: str | None = None
     template: str = "vicuna_v1.1"
@@ -60,12 +67,23 @@ class BenchSpec:
     def is_preset(self) -> bool:
         return self.model in PRESETS
 
+    @property
+    def stop_rule(self) -> StopRule:
+        return StopRule(self.min_steps, self.max_steps, self.ci_bound, self.time_limit_s, self.steps)
+
     def check(self) -> None:
         """Flag values and combinations that cannot work, refused before anything loads."""
         for flag, value in (("--seq-len", self.seq_len), ("--micro-batch", self.micro_batch),
-                            ("--grad-accum", self.grad_accum), ("--steps", self.steps)):  # fmt: skip
-            if value <= 0:
+                            ("--grad-accum", self.grad_accum), ("--steps", self.steps),
+                            ("--min-steps", self.min_steps), ("--max-steps", self.max_steps)):  # fmt: skip
+            if value is not None and value <= 0:
                 raise UsageError(f"{flag} must be a positive integer, got {value}")
+        if self.steps is None and self.min_steps > self.max_steps:
+            raise UsageError(f"--min-steps {self.min_steps} is more than --max-steps {self.max_steps}")
+        if not 0 < self.ci_bound < 1:
+            raise UsageError(f"--ci {self.ci_bound} must be a fraction between 0 and 1 (0.05 = +-5 %)")
+        if self.time_limit_s <= 0:
+            raise UsageError(f"--time-limit must be positive, got {self.time_limit_s}")
         if self.warmup < 0:
             raise UsageError(f"--warmup must be 0 or more, got {self.warmup}")
         if self.padding not in PADDINGS:
@@ -90,14 +108,27 @@ class BenchSpec:
             raise UsageError(f"--model {self.model} is a preset without a tokenizer: give --tokenizer DIR for "
                              f"{'--data_path' if self.data_path else '--lengths-from'}")  # fmt: skip
 
-    def default_name(self, backend_name: str, precision: str, world_size: int) -> str:
+    def default_name(self, backend_name: str, precision: str, world_size: int, patches: list[str] = ()) -> str:
+        """Every field that changes what is measured, so that `compare` never merges different runs:
+        model (and shrinking), sequence length, micro batch x accumulation, padding, data, precision,
+        fine-tuning type, ZeRO, gradient checkpointing, patches, seed, sampling and device."""
         model = self.model if self.is_preset else Path(self.model).name
         shrunk = "".join(f"-{key}{value}" for key, value in vars(self.overrides).items() if value is not None)
-        parts = [f"{model}{shrunk}", self.padding, precision]
+        batch = f"mb{self.micro_batch}" + (f"x{self.grad_accum}" if self.grad_accum > 1 else "")
+        data = Path(self.data_path or self.lengths_from).stem if (self.data_path or self.lengths_from) else "synthetic"
+        if self.lengths_from:
+            data = f"lengths-of-{data}"
+        parts = [f"{model}{shrunk}", f"seq{self.seq_len}", batch, self.padding, data, precision]
         if self.finetuning_type != "full":
             parts.append(self.finetuning_type)
         if self.zero:
             parts.append(f"zero{self.zero}")
+        if self.gradient_checkpointing:
+            parts.append("ckpt")
+        parts.append("patches:" + ("+".join(patches) if patches else "none"))
+        parts.append(f"seed{self.seed}")
+        if self.sampling != "sequential":
+            parts.append(self.sampling)
         return " ".join(parts + [f"{backend_name}x{world_size}"])
 
 
@@ -119,6 +150,8 @@ class BenchSession:
     output_dir: Path
     notes: list[str] = field(default_factory=list)
     load_average_at_start: float | None = None  # the host's 1-minute load before this run started working
+    layout: WorkLayout = field(default_factory=WorkLayout)
+    peak: dict[str, Any] = field(default_factory=dict)  # llama_hw.env.peak_origin: tflops, source, ...
 
     def train(self):
         self.counter.attach(self.trainer.model)
@@ -143,7 +176,7 @@ def train_config(spec: BenchSpec, precision: str, output_dir: Path):
         "output_dir": str(output_dir),
         "per_device_train_batch_size": spec.micro_batch,
         "gradient_accumulation_steps": spec.grad_accum,
-        "max_steps": spec.warmup + spec.steps,
+        "max_steps": spec.warmup + spec.stop_rule.most_steps,  # BenchMeter stops earlier once stable
         "learning_rate": spec.learning_rate,
         "logging_steps": 1,  # the loss of every step, for parity
         "save_strategy": "no",
@@ -194,7 +227,7 @@ def preset_model(shape: ModelShape, dtype, device, seed: int):
 def build_data(spec: BenchSpec, tokenizer, vocab_size: int, world_size: int) -> BenchData:
     if spec.data_path:
         return real_data(spec.data_path, spec.template, tokenizer, spec.seq_len, spec.padding)
-    samples = (spec.warmup + spec.steps) * spec.micro_batch * spec.grad_accum * world_size
+    samples = (spec.warmup + spec.stop_rule.most_steps) * spec.micro_batch * spec.grad_accum * world_size
     if spec.lengths_from:
         source = real_data(spec.lengths_from, spec.template, tokenizer, spec.seq_len, "dynamic")
         return lengths_like(source.dataset, samples, spec.seq_len, vocab_size, spec.seed, spec.padding)
@@ -204,12 +237,15 @@ def build_data(spec: BenchSpec, tokenizer, vocab_size: int, world_size: int) -> 
 def build_bench_session(spec: BenchSpec, progress: bool = True) -> BenchSession:
     """Everything up to the first step. Raises UsageError / DataError / DeviceUnavailable on bad input."""
     from llama_hw.backends import select_backend
+    from llama_hw.env import peak_origin
 
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     spec.check()
     backend = select_backend(spec.device).backend
     precision = spec.precision or backend.default_precision()
     backend.check_precision(precision)
+    # before anything is allocated: a CPU GEMM probe must not share the cores with this run's own work
+    peak = peak_origin(backend, precision)
     output_dir = Path(tempfile.mkdtemp(prefix="llama_hw_bench_"))  # Trainer wants one; nothing is saved
     try:
         session = _build(spec, backend, precision, output_dir, progress)
@@ -217,6 +253,7 @@ def build_bench_session(spec: BenchSpec, progress: bool = True) -> BenchSession:
         shutil.rmtree(output_dir, ignore_errors=True)
         raise
     session.load_average_at_start = load
+    session.peak = peak
     return session
 
 
@@ -251,6 +288,7 @@ def _build(spec: BenchSpec, backend, precision: str, output_dir: Path, progress:
     dtype = compute_dtype(args.fp16, args.bf16)
     if spec.is_preset:
         shape = preset_shape(spec.model, spec.overrides)
+        check_fits(spec, shape, backend, precision, parallelism)
         if tokenizer is not None and len(tokenizer) > shape.vocab_size:
             raise UsageError(f"the tokenizer has {len(tokenizer)} tokens, more than the model's vocabulary of "
                              f"{shape.vocab_size}; raise --vocab")  # fmt: skip
@@ -258,6 +296,7 @@ def _build(spec: BenchSpec, backend, precision: str, output_dir: Path, progress:
         model = preset_model(shape, model_dtype, backend.device(distributed.local_rank()), spec.seed)
     else:
         shape = ModelShape.from_config(load_config(config.model, Path(spec.model)))
+        check_fits(spec, shape, backend, precision, parallelism)
         model = load_training_model(config.model, Path(spec.model), finetuning_type=spec.finetuning_type,
                                     dtype=dtype, backend=backend, local_rank=distributed.local_rank(),
                                     pad_token_id=tokenizer.pad_token_id if tokenizer else None)  # fmt: skip
@@ -273,14 +312,16 @@ def _build(spec: BenchSpec, backend, precision: str, output_dir: Path, progress:
     flops = FlopsModel.for_shape(shape, adapter_parameters=adapters, full=spec.finetuning_type == "full")
     patch_report = apply_patches(model, backend, mode="train", selection=spec.patches)
 
-    counter = TokenCounter()
-    meter = BenchMeter(backend, counter, spec.warmup, spec.warmup + spec.steps, progress=progress)
+    layout = work_layout(patch_report, model, shape.num_attention_heads * shape.head_dim)
+    counter = TokenCounter(layout)
+    meter = BenchMeter(backend, counter, spec.warmup, spec.stop_rule, progress=progress)
     trainer = LlamaHwTrainer(model=model, args=args, train_dataset=data.dataset, data_collator=data.collator,
                              processing_class=tokenizer, callbacks=[meter])  # fmt: skip
     trainer.remove_callback(PrinterCallback)  # the per-step log dicts; BenchMeter reports instead
-    name = spec.name or spec.default_name(backend.name, precision, world_size)
+    model_patches = [o.name for o in patch_report.outcomes if o.status == "applied" and o.scope == "model"]
+    name = spec.name or spec.default_name(backend.name, precision, world_size, model_patches)
     return BenchSession(spec=spec, name=name, backend=backend, precision=precision, parallelism=parallelism,
                         trainer=trainer, meter=meter, counter=counter, shape=shape, flops=flops,
                         parameters=parameters, patch_report=patch_report, data=data, output_dir=output_dir,
-                        notes=notes)  # fmt: skip
+                        notes=notes, layout=layout)  # fmt: skip
 
