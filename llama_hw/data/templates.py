@@ -23,6 +23,7 @@ from llama_hw.errors import UsageError
 
 TOKENIZER_TEMPLATE = "tokenizer"
 DEFAULT_TEMPLATE = "vicuna_v1.1"  # FastChat's train.py default
+TRAINABLE_EXAMPLES = "vicuna_v1.1, llama-2, alpaca, mistral, zephyr, or tokenizer"
 _PROBE: list[Turn] = [
     ("user", "Hi there"),
     ("assistant", "Hello! How can I help?"),
@@ -98,8 +99,13 @@ class FastChatTemplate:
                 conv.update_last_message(content)
                 steps.append((before, conv.get_prompt()))
             text = conv.get_prompt()
-        except ValueError as err:  # API-only templates (chatgpt, bard, ...) have no prompt format
-            raise UsageError(f"template {self.name!r} cannot render a training prompt: {err}") from None
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError) as err:
+            # API-only templates (chatgpt, bard, gemini, ...) have no prompt format at all
+            why = "it is an API-only template with no prompt format" if conv.sep_style is None else f"{err}"
+            raise UsageError(
+                f"--template {self.name!r} cannot render a training prompt ({why}); pick a template with a prompt "
+                f"format: {TRAINABLE_EXAMPLES} (the one the model was trained with)"
+            ) from None
         return Rendered(text, _spans(self.name, text, steps))
 
 
