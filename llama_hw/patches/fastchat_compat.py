@@ -13,13 +13,21 @@ FastChat's files are never edited: its module attributes are swapped through a c
   patched (`serve_model`), or loads through `llama_hw.models.load_model` from FastChat's own arguments:
   backend from `device`, `num_gpus` devices via the backend's device_map, dtype checked against the
   backend's precisions, safetensors / weights_only, remote code off.
+- fastchat_generate_stream: FastChat's `generate_stream` (what `llama-hw chat` streams through) passes
+  `past_key_values=` to the model and reads `out.past_key_values`; transformers 5.24 renamed both to
+  `cache` (the old name warns, and goes in 5.40). FastChat's own loop now sees the model through
+  `CacheUnderCurrentName`, which hands the cache to the model under the name its forward takes and reads
+  it back from the output under the name the output has, so the chat keeps working when the old name is
+  removed, and no deprecation warning is printed. The decoding loop itself stays FastChat's.
 """
 
 from __future__ import annotations
 
 import contextlib
 import sys
+import inspect
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from llama_hw.errors import UsageError
@@ -117,6 +125,65 @@ def load_model_through_llama_hw(
     return model, load_tokenizer(str(source.tokenizer_dir))
 
 
+CACHE_NAMES = ("cache", "past_key_values")  # transformers >= 5.24 first, then the name before it
+
+
+def cache_parameter(model: Any) -> str:
+    """The name under which `model`'s forward takes the KV cache in the installed transformers."""
+    parameters = inspect.signature(model.forward).parameters
+    return next((name for name in CACHE_NAMES if name in parameters), CACHE_NAMES[-1])
+
+
+def output_cache(output: Any) -> Any:
+    """The KV cache a forward returned, under whichever name this transformers' output carries it."""
+    for name in CACHE_NAMES:
+        if name in output.keys():  # ModelOutput keys: only the fields set, no deprecated alias
+            return output[name]
+    return None
+
+
+@dataclass
+class FastChatStep:
+    """What FastChat's generate_stream reads from a forward: logits and the cache as `past_key_values`."""
+
+    logits: Any
+    past_key_values: Any
+
+
+class CacheUnderCurrentName:
+    """The model as FastChat's generate_stream uses it: `model(..., past_key_values=c)` reaches the forward
+    under its own cache name, and the output's cache comes back as `past_key_values`. Every other attribute
+    (config, device, generation_config) is the model's."""
+
+    def __init__(self, model: Any) -> None:
+        self._model = model
+        self._cache_name = cache_parameter(model)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._model, name)
+
+    def __call__(self, *args: Any, past_key_values: Any = None, **kwargs: Any) -> FastChatStep:
+        if past_key_values is not None:
+            kwargs[self._cache_name] = past_key_values
+        output = self._model(*args, **kwargs)
+        return FastChatStep(logits=output.logits, past_key_values=output_cache(output))
+
+
+def apply_generate_stream(ctx: PatchContext) -> Changes:
+    import fastchat.serve.inference as inference
+
+    fastchat_generate_stream = inference.generate_stream
+
+    def generate_stream(model, tokenizer, params, device, context_len, stream_interval=2, judge_sent_end=False):
+        return fastchat_generate_stream(CacheUnderCurrentName(model), tokenizer, params, device, context_len,
+                                        stream_interval=stream_interval, judge_sent_end=judge_sent_end)  # fmt: skip
+
+    changes = Changes()
+    # get_generate_stream_function imports it from fastchat.serve.inference at each call
+    _swap(changes, ("fastchat.serve.inference",), "generate_stream", generate_stream)
+    return changes
+
+
 def apply_model_loader(ctx: PatchContext) -> Changes:
     changes = Changes()
     _swap(changes, LOADER_MODULES, "load_model", load_model_through_llama_hw)
@@ -137,5 +204,13 @@ PATCHES = [
         replaces="fastchat load_model (fp16, one hard-coded device) -> llama_hw.models.load_model",
         scope="process", modes=("infer",), requires=("fschat",),
         check=fastchat_in_use, apply=apply_model_loader, order=26,
+    ),
+    Patch(
+        name="fastchat_generate_stream",
+        summary="FastChat's generate_stream passes and reads the KV cache under the installed transformers' name",
+        replaces="fastchat generate_stream's model(past_key_values=) / out.past_key_values -> the model's cache "
+        "name (transformers 5.24: cache; past_key_values goes in 5.40)",
+        scope="process", modes=("infer",), requires=("fschat",),
+        check=fastchat_in_use, apply=apply_generate_stream, order=27,
     ),
 ]  # fmt: skip
