@@ -11,38 +11,12 @@ from __future__ import annotations
 from llama_hw.data.collate import make_collator
 from llama_hw.data.corpus import load_corpus
 from llama_hw.data.stats import TextStats
-from llama_hw.data.text import expand_paths, is_text_file, looks_like_text_records
+from llama_hw.data.text import expand_paths
 from llama_hw.data.windows import ChunkDataset, DocumentTokens, WindowDataset, window_epoch_callback
-from llama_hw.errors import DataError, UsageError
+from llama_hw.errors import UsageError
 
-DATA_FORMATS = ("auto", "conversations", "text")
 TEXT_CUTS = ("chunk", "window")
 RAW_TEMPLATE = "raw"  # FastChat's template that adds nothing: what chat should use on a pre-trained model
-
-
-def resolve_data_format(requested: str, data_path: str) -> str:
-    """"text" or "conversations": as requested, or detected from the files (`auto`)."""
-    if requested not in DATA_FORMATS:
-        raise UsageError(f"--data_format must be one of {', '.join(DATA_FORMATS)}, not {requested!r}")
-    if requested != "auto":
-        return requested
-    entries = [p.strip() for p in data_path.split(",") if p.strip()]
-    files = expand_paths(data_path)
-    kinds = {path: "text" if is_text_file(path) or looks_like_text_records(path) else "conversations"
-             for path in files}
-    if any(entry not in kinds for entry in entries):  # a directory or a glob: a corpus
-        return "text" if all(kind == "text" for kind in kinds.values()) else _mixed(kinds)
-    found = set(kinds.values())
-    return found.pop() if len(found) == 1 else _mixed(kinds)
-
-
-def _mixed(kinds: dict[str, str]) -> str:
-    text = next(path for path, kind in kinds.items() if kind == "text")
-    other = next(path for path, kind in kinds.items() if kind != "text")
-    raise DataError(
-        f"--data_path mixes a text corpus ({text}) with conversation data ({other}): train on one kind per run, "
-        "or pass --data_format text / conversations to read every file as that kind"
-    )
 
 
 def build_text_data(args, tokenizer, model_max_length: int):

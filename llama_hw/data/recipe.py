@@ -12,6 +12,7 @@ import argparse
 import json
 
 from llama_hw.data.formats import read_records
+from llama_hw.data.text import resolve_data_format
 from llama_hw.data.templates import DEFAULT_TEMPLATE
 from llama_hw.errors import UsageError
 
@@ -19,7 +20,7 @@ DEFAULT_MAX_LENGTH = 2048
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="llama-hw data", description="Inspect conversation data.")
+    parser = argparse.ArgumentParser(prog="llama-hw data", description="Inspect conversation data or a text corpus.")
     commands = parser.add_subparsers(dest="command", required=True)
     inspect = commands.add_parser(
         "inspect", help="show how a record is rendered, tokenized and masked, and data set statistics"
@@ -36,11 +37,22 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--tokens", action="store_true", help="also list every token with its label")
     inspect.add_argument("--no_data_cache", action="store_true", help="do not read or write the token cache")
     inspect.add_argument("--trust_remote_code", action="store_true")
+    text = inspect.add_argument_group("text corpora (--data_format text)")
+    text.add_argument("--data_format", choices=["auto", "conversations", "text"], default="auto",
+                      help="what --data_path holds (default: detected)")
+    text.add_argument("--text_cut", choices=["chunk", "window"], default="chunk", help="as in training")
+    text.add_argument("--text_per_line", action="store_true", help="one document per line of a .txt file")
+    text.add_argument("--seed", type=int, default=42, help="the training run's --seed: windows depend on it")
+    text.add_argument("--epochs", type=int, default=3, help="epochs whose windows are shown")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if resolve_data_format(args.data_format, args.data_path) == "text":
+        from llama_hw.data.inspect_text import main as inspect_text
+
+        return inspect_text(args)
     # Validate the data before loading transformers: a bad record fails in a second, not ten.
     records = read_records(args.data_path, args.on_bad_record)
     if not 0 <= args.index < len(records):

@@ -114,7 +114,8 @@ class SFTData:
 
 def build_sft_data(args: DataArguments, tokenizer, model_max_length: int) -> SFTData:
     """Read, validate, tokenize (cached), mask, drop, and optionally pack the train / eval data."""
-    from llama_hw.data.pretrain import build_text_data, resolve_data_format
+    from llama_hw.data.pretrain import build_text_data
+    from llama_hw.data.text import resolve_data_format
 
     if resolve_data_format(args.data_format, args.data_path) == "text":
         return build_text_data(args, tokenizer, model_max_length)

@@ -24,9 +24,10 @@ from pathlib import Path
 
 from llama_hw.data.encoding import check_head, decode
 from llama_hw.data.formats import FORMATS, SKIP_HINT, split_paths
-from llama_hw.errors import DataError
+from llama_hw.errors import DataError, UsageError
 
 TEXT_KEY = "text"
+DATA_FORMATS = ("auto", "conversations", "text")
 TEXT_SUFFIXES = (".txt", ".text", ".md")
 JSON_SUFFIXES = (".json", ".jsonl")
 GLOB_CHARACTERS = "*?["
@@ -119,6 +120,31 @@ def looks_like_text_records(path: str) -> bool:
         isinstance(record, dict)
         and TEXT_KEY in record
         and not any(fmt.key in record for fmt in FORMATS)
+    )
+
+
+def resolve_data_format(requested: str, data_path: str) -> str:
+    """"text" or "conversations": as requested, or detected from the files (`auto`)."""
+    if requested not in DATA_FORMATS:
+        raise UsageError(f"--data_format must be one of {', '.join(DATA_FORMATS)}, not {requested!r}")
+    if requested != "auto":
+        return requested
+    entries = [p.strip() for p in data_path.split(",") if p.strip()]
+    files = expand_paths(data_path)
+    kinds = {path: "text" if is_text_file(path) or looks_like_text_records(path) else "conversations"
+             for path in files}
+    if any(entry not in kinds for entry in entries):  # a directory or a glob: a corpus
+        return "text" if all(kind == "text" for kind in kinds.values()) else _mixed(kinds)
+    found = set(kinds.values())
+    return found.pop() if len(found) == 1 else _mixed(kinds)
+
+
+def _mixed(kinds: dict[str, str]) -> str:
+    text = next(path for path, kind in kinds.items() if kind == "text")
+    other = next(path for path, kind in kinds.items() if kind != "text")
+    raise DataError(
+        f"--data_path mixes a text corpus ({text}) with conversation data ({other}): train on one kind per run, "
+        "or pass --data_format text / conversations to read every file as that kind"
     )
 
 
