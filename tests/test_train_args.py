@@ -35,7 +35,8 @@ def test_fastchat_readme_flags_parse_unchanged():
     assert training["warmup_steps"] == pytest.approx(0.03)  # --warmup_ratio folded into warmup_steps
     assert training["bf16"] is True and training["tf32"] is True
     assert training["gradient_accumulation_steps"] == 16 and training["save_total_limit"] == 10
-    assert training["gradient_checkpointing"] is True
+    # transformers 5 renamed it; the old name would warn (FutureWarning) on every run
+    assert training["activation_checkpointing"] is True and training["gradient_checkpointing"] is None
     assert config.model.model_max_length == 2048 and config.model.padding_side == "right"
     assert config.data.lazy_preprocess is True
     assert config.finetuning.finetuning_type == "full"
@@ -43,6 +44,7 @@ def test_fastchat_readme_flags_parse_unchanged():
     assert plan.reshard_after_forward is True and plan.layer_classes == ["LlamaDecoderLayer"]
     assert any("--evaluation_strategy is now --eval_strategy" in note for note in config.notes)
     assert any("--warmup_ratio 0.03 is now --warmup_steps 0.03" in note for note in config.notes)
+    assert any("--gradient_checkpointing is now --activation_checkpointing" in note for note in config.notes)
 
 
 def test_fastchat_qlora_flags_mean_qlora_with_fastchat_defaults():

@@ -35,7 +35,8 @@ class ModelArguments:
         metadata={"help": "Tokenizer padding side; default right for sft, left for cls.", "choices": ["left", "right"]},
     )
     model_max_length: int = field(
-        default=512, metadata={"help": "Longest sequence in tokens; longer samples are truncated (FastChat: 512)."}
+        default=512, metadata={"help": "Longest sequence in tokens; longer samples are truncated (FastChat: 512; "
+                          "LLaMA-Factory's --cutoff_len means the same)."}
     )
     cache_dir: str | None = field(default=None, metadata={"help": "Hugging Face cache directory (FastChat flag)."})
     flash_attn: bool = field(
@@ -60,7 +61,7 @@ class FinetuningArguments:
         metadata={"help": "full, lora or qlora; default lora when a LoRA flag is given, else full.",
                   "choices": list(FINETUNING_TYPES)},
     )
-    lora_r: int | None = field(default=None, metadata={"help": "LoRA rank (default 8)."})
+    lora_r: int | None = field(default=None, metadata={"help": "LoRA rank (default 8; alias: --lora_rank)."})
     lora_alpha: int | None = field(default=None, metadata={"help": "LoRA scaling alpha (default 16)."})
     lora_dropout: float | None = field(default=None, metadata={"help": "LoRA dropout (default 0.05)."})
     lora_target: list[str] | None = field(

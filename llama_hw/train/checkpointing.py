@@ -6,17 +6,26 @@ that looks like a checkpoint and cannot load. Here a checkpoint counts only once
 latest such checkpoint. The final model goes to a staging directory first and is moved into
 `output_dir` file by file, `llama_hw.json` last: an output directory without `llama_hw.json` is not a
 finished model.
+
+A complete checkpoint can still be damaged later (a copy cut short, a disk error): before resuming, its
+files are checked the cheap way (JSON parses, safetensors headers match the file sizes, torch's zip
+archives have their directory) and a damaged one is passed over, with a warning, for the one before.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
+import struct
+import zipfile
 from pathlib import Path
 
 from llama_hw.errors import UsageError
 from llama_hw.models import METADATA_FILE
+from llama_hw.train.checks import check_output_dir_writable
+from llama_hw.train.logs import logger
 from llama_hw.utils.files import write_json_atomically
 
 CHECKPOINT_MARKER = "llama_hw_checkpoint.json"
@@ -48,6 +57,61 @@ def latest_complete_checkpoint(output_dir: Path) -> Path | None:
     return complete[-1] if complete else None
 
 
+def file_damage(path: Path) -> str | None:
+    """What is wrong with one checkpoint file, or None when it looks whole."""
+    try:
+        if path.suffix == ".json":
+            json.loads(path.read_text(encoding="utf-8"))
+        elif path.suffix == ".safetensors":
+            size = path.stat().st_size
+            with path.open("rb") as stream:
+                (header_size,) = struct.unpack("<Q", stream.read(8))
+                if header_size > size - 8:
+                    return "truncated (its header runs past the end of the file)"
+                header = json.loads(stream.read(header_size))
+            end = max((entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"), default=0)
+            if 8 + header_size + end != size:
+                return f"truncated ({size} bytes, its header describes {8 + header_size + end})"
+        elif path.suffix in (".pt", ".pth", ".bin"):
+            with zipfile.ZipFile(path):  # torch.save's archives end with their directory
+                pass
+    except (OSError, ValueError, KeyError, IndexError, TypeError, struct.error, zipfile.BadZipFile) as err:
+        return f"unreadable ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else 'no detail'})"
+    return None
+
+
+def checkpoint_damage(checkpoint: Path) -> str | None:
+    """'model.safetensors: truncated (...)' for the first damaged file of a checkpoint, or None."""
+    if not (checkpoint / "trainer_state.json").is_file():
+        return "trainer_state.json is missing"
+    for path in sorted(checkpoint.rglob("*")):
+        if path.is_file():
+            damage = file_damage(path)
+            if damage:
+                return f"{path.relative_to(checkpoint)}: {damage}"
+    return None
+
+
+def latest_intact_checkpoint(output_dir: Path) -> Path | None:
+    """The latest complete checkpoint whose files are whole; damaged later ones are skipped with a warning.
+
+    UsageError when every complete checkpoint is damaged: starting over silently would throw the run away.
+    """
+    complete = [path for path in checkpoints(output_dir) if is_complete(path)]
+    damaged: list[str] = []
+    for path in reversed(complete):
+        damage = checkpoint_damage(path)
+        if damage is None:
+            for line in damaged:
+                logger.warning(f"{line}; resuming from {path} instead")
+            return path
+        damaged.append(f"{path} is damaged ({damage})")
+    if damaged:
+        raise UsageError(f"{damaged[0]} and no earlier checkpoint is whole; pass --resume_from_checkpoint with a "
+                         "checkpoint you have restored, or --resume_from_checkpoint False to start over")
+    return None
+
+
 def is_finished_model(output_dir: Path) -> bool:
     return (output_dir / METADATA_FILE).is_file()
 
@@ -65,7 +129,7 @@ def resolve_resume(option: str | None, output_dir: Path, *, overwrite: bool) -> 
     if option is None or word in RESUME_AUTO:
         if overwrite and option is None:
             return None
-        return latest_complete_checkpoint(output_dir)
+        return latest_intact_checkpoint(output_dir)
     path = Path(option).expanduser()
     if not (path / "trainer_state.json").is_file():
         what = "does not exist" if not path.exists() else "is not a Trainer checkpoint (no trainer_state.json)"
@@ -75,11 +139,17 @@ def resolve_resume(option: str | None, output_dir: Path, *, overwrite: bool) -> 
             f"--resume_from_checkpoint {option} was not completely written (no {CHECKPOINT_MARKER}); "
             "use --resume_from_checkpoint auto to take the latest complete one"
         )
+    damage = checkpoint_damage(path)
+    if damage:
+        raise UsageError(f"--resume_from_checkpoint {option} is damaged ({damage}); give an earlier "
+                         "checkpoint-N or 'auto'")
     return path
 
 
 def check_output_dir(output_dir: Path, resume_from: Path | None, *, overwrite: bool) -> None:
-    """Refuse to start a fresh run over a finished model unless --overwrite_output_dir True says so."""
+    """Refuse an output_dir that cannot take files, and a fresh run over a finished model unless
+    --overwrite_output_dir True says so."""
+    check_output_dir_writable(output_dir)
     if resume_from is None and is_finished_model(output_dir) and not overwrite:
         raise UsageError(
             f"--output_dir {output_dir} already holds a trained model ({METADATA_FILE}); choose another "

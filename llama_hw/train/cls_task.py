@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from llama_hw.errors import DataError, UsageError
+from llama_hw.train.logs import logger
 
 
 @dataclass(frozen=True)
@@ -185,5 +186,5 @@ def predict_and_write(trainer, data: ClsData, path: Path, is_main: bool) -> dict
     output = trainer.predict(data.eval_dataset)
     if is_main:
         write_predictions(path, data.eval_records, predictions(np.asarray(output.predictions), data.labels))
-        print(f"predictions: {path} ({', '.join(f'{k} {v:.4g}' for k, v in output.metrics.items())})", flush=True)
+        logger.info(f"predictions: {path} ({', '.join(f'{k} {v:.4g}' for k, v in output.metrics.items())})")
     return output.metrics

@@ -22,10 +22,25 @@ from transformers import HfArgumentParser, TrainingArguments
 from llama_hw.data import DataArguments
 from llama_hw.errors import UsageError
 from llama_hw.train.arguments import FinetuningArguments, ModelArguments, RunArguments
+from llama_hw.train.checks import check_values
 from llama_hw.train.flags import translate
 
 CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
-ARGUMENT_CLASSES = (ModelArguments, DataArguments, FinetuningArguments, RunArguments, TrainingArguments)
+
+
+def help_group(cls: type, title: str) -> type:
+    """`cls` with the section title HfArgumentParser gives its flags in `--help`. Every class gets one:
+    argparse prints ungrouped flags first, and Trainer's ~150 flags would bury llama_hw's own."""
+    return type(cls.__name__, (cls,), {"_argument_group_name": title, "__doc__": cls.__doc__})
+
+
+ARGUMENT_CLASSES = (
+    help_group(ModelArguments, "llama_hw: model"),
+    help_group(DataArguments, "llama_hw: data"),
+    help_group(FinetuningArguments, "llama_hw: finetuning (full, LoRA, QLoRA)"),
+    help_group(RunArguments, "llama_hw: run"),
+    help_group(TrainingArguments, "transformers TrainingArguments (--log_level also sets llama_hw's messages)"),
+)
 
 
 @dataclass
@@ -47,7 +62,12 @@ class Parser(HfArgumentParser):
 
 def parser() -> Parser:
     # allow_abbrev off: a typo such as --learning_rat must not silently set --learning_rate
-    return Parser(ARGUMENT_CLASSES, prog="python -m llama_hw.train", allow_abbrev=False)
+    # argparse's generated usage line lists all ~200 flags; the groups below say the same, in order
+    return Parser(ARGUMENT_CLASSES, prog="python -m llama_hw.train", allow_abbrev=False,
+                  usage="python -m llama_hw.train [CONFIG.yaml|CONFIG.json] --model_name_or_path MODEL "
+                        "--data_path DATA --output_dir OUT [--flag value ...]",
+                  description="Fine-tune a LLaMA model with FastChat's flags (transformers 4 and LLaMA-Factory "
+                              "spellings are translated). llama_hw's own flags come first, then Trainer's.")
 
 
 def config_file_tokens(path: Path) -> list[str]:
@@ -123,6 +143,7 @@ def parse_args(argv: list[str] | None) -> TrainConfig:
     if not config.training.get("output_dir"):
         raise UsageError("--output_dir is required: where checkpoints and the trained model go")
     config.finetuning.resolve()
+    check_values(config)
     if config.model.flash_attn:
         config.notes.append("--flash_attn: llama_hw.patches picks the attention kernel for the backend "
                             "(flash-attention-2 on CUDA when installed)")

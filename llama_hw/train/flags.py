@@ -3,8 +3,9 @@
 FastChat's README commands (and years of scripts copied from them) use flags that transformers 5 renamed
 or removed: `--evaluation_strategy`, `--warmup_ratio`, `--fsdp_transformer_layer_cls_to_wrap`, ... Parsing
 them unchanged would end in `error: unrecognized arguments`. Each old flag is rewritten to its new
-spelling (with a note), or dropped with a note when transformers 5 has no equivalent. Works on argument
-tokens, so a YAML config file (turned into tokens) gets the same treatment.
+spelling (with a note), or dropped with a note when transformers 5 has no equivalent. LLaMA-Factory's
+names for flags that mean the same thing here (`--lora_rank`, `--cutoff_len`) are translated the same way.
+Works on argument tokens, so a YAML config file (turned into tokens) gets the same treatment.
 """
 
 from __future__ import annotations
@@ -19,6 +20,15 @@ RENAMED = {
     "per_gpu_train_batch_size": "per_device_train_batch_size",
     "per_gpu_eval_batch_size": "per_device_eval_batch_size",
     "lora_target_modules": "lora_target",  # FastChat train_lora.py
+    # transformers 5 keeps the old names as deprecated aliases that warn (FutureWarning) on every run.
+    "gradient_checkpointing": "activation_checkpointing",
+    "gradient_checkpointing_kwargs": "activation_checkpointing_kwargs",
+}
+
+# LLaMA-Factory's names for flags that mean exactly the same here: old flag -> flag here.
+LLAMA_FACTORY = {
+    "lora_rank": "lora_r",
+    "cutoff_len": "model_max_length",
 }
 
 # Flags transformers 5 removed without a replacement that llama_hw needs: accepted and ignored.
@@ -91,26 +101,47 @@ def translate(tokens: list[str]) -> Translation:
     groups = split_flags(tokens)
     explicit_steps = any(name == "warmup_steps" and values and is_positive(values[0]) for name, values in groups)
     for name, values in groups:
+        # HfArgumentParser accepts --dashed-names too; look those up by their underscored spelling.
+        key = name.replace("-", "_") if name is not None else None
         if name is None:
             out += values
-        elif name in RENAMED:
-            out += [f"--{RENAMED[name]}", *values]
-            notes.append(f"--{name} is now --{RENAMED[name]}")
-        elif name == "warmup_ratio":
+        elif key in RENAMED:
+            out += flag_tokens(RENAMED[key], values)
+            notes.append(f"--{name} is now --{RENAMED[key]}")
+        elif key in LLAMA_FACTORY:
+            out += flag_tokens(LLAMA_FACTORY[key], values)
+            notes.append(f"--{name} (LLaMA-Factory) is --{LLAMA_FACTORY[key]} here")
+        elif key == "warmup_ratio":
             out += warmup_ratio_tokens(values, explicit_steps, notes)
-        elif name == "group_by_length":
+        elif key == "group_by_length":
             if as_bool(name, values):
                 out += ["--train_sampling_strategy", "group_by_length"]
                 notes.append("--group_by_length True is now --train_sampling_strategy group_by_length")
-        elif name in ("no_cuda", "use_cpu"):
+        elif key in ("no_cuda", "use_cpu"):
             if as_bool(name, values):
                 out += ["--device", "cpu"]
                 notes.append(f"--{name} True is --device cpu here")
-        elif name in IGNORED:
-            notes.append(f"--{name} ignored: {IGNORED[name]}")
+        elif key in IGNORED:
+            notes.append(f"--{name} ignored: {IGNORED[key]}")
         else:
-            out += [f"--{name}", *values]
+            out += flag_tokens(name, values)
     return Translation(out, notes)
+
+
+def flag_tokens(name: str, values: list[str]) -> list[str]:
+    """`--name value...`, with a single negative number joined as `--name=-1e-3`: argparse reads a token
+    such as `-1e-3` as an option of its own (only plain `-1` / `-0.5` count as numbers there)."""
+    if len(values) == 1 and values[0].startswith("-") and is_number(values[0]):
+        return [f"--{name}={values[0]}"]
+    return [f"--{name}", *values]
+
+
+def is_number(value: str) -> bool:
+    try:
+        float(value)
+    except ValueError:
+        return False
+    return True
 
 
 def is_positive(value: str) -> bool:

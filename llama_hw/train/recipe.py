@@ -8,12 +8,19 @@
 from __future__ import annotations
 
 from llama_hw.train.config import parse_args
-from llama_hw.train.session import build_session
+from llama_hw.train.logs import configure_logging, logger
+from llama_hw.train.rerun import finished_run
+from llama_hw.train.session import build_session, overwrite_requested
 from llama_hw.utils import distributed
 
 
 def main(argv: list[str] | None = None) -> int:
     config = parse_args(argv)
+    configure_logging(config.training.get("log_level"), config.training.get("log_level_replica"))
+    finished = finished_run(config, overwrite=overwrite_requested(config))
+    if finished:  # the same command again: say so and leave every file as it is
+        logger.info(finished)
+        return 0
     try:
         build_session(config).run()
     except BaseException:

@@ -17,6 +17,7 @@ from typing import Any
 from llama_hw.backends import Backend, select_backend
 from llama_hw.errors import UsageError
 from llama_hw.train.checkpointing import check_output_dir, clear_previous_run, resolve_resume
+from llama_hw.train.checks import check_lora_targets
 from llama_hw.train.config import TrainConfig, training_defaults
 from llama_hw.train.deepspeed import init_deepspeed_distributed, load_deepspeed_config, offloads, zero_stage
 from llama_hw.train.finetuning import ParameterCount, apply_finetuning, count_parameters
@@ -28,6 +29,8 @@ from llama_hw.train.model import (
     fit_embeddings_to_tokenizer,
     load_training_model,
 )
+from llama_hw.train.logs import logger
+from llama_hw.train.rerun import RECORD_FIELD, finished_run, training_record
 from llama_hw.utils import distributed
 
 
@@ -102,15 +105,24 @@ class TrainingSession:
             "task": self.config.model.task,
             "model_max_length": self.config.model.model_max_length,
             "global_step": result.global_step,
-            "train_loss": result.training_loss,
+            # None when this call trained no step (resumed from the last step's checkpoint)
+            "train_loss": result.training_loss if result.global_step > self.resumed_step() else None,
             "device": self.backend.name,
             "world_size": self.parallelism.world_size,
             "parallelism": self.parallelism.describe(),
             "llama_hw_version": __version__,
+            RECORD_FIELD: training_record(self.config),  # what a re-run of the command is compared with
         }
         if not sft:  # export rebuilds the classification head of a LoRA run from these
             fields.update(labels=self.data.labels.config_fields(), pad_token_id=self.tokenizer.pad_token_id)
         return fields
+
+    def resumed_step(self) -> int:
+        if self.resume_from is None:
+            return 0
+        import json
+
+        return int(json.loads((self.resume_from / "trainer_state.json").read_text()).get("global_step", 0))
 
     def train(self):
         """Train (resuming when there is a checkpoint to resume from); returns Trainer's TrainOutput."""
@@ -122,7 +134,7 @@ class TrainingSession:
     def run(self):
         """Train, save the model atomically, and for `--task cls --do_predict` write predictions."""
         if self.is_main:
-            print(self.banner(), flush=True)
+            logger.info(self.banner())
         result = self.train()
         self.trainer.save_final(self.metadata(result))
         if self.config.model.task == "cls" and self.trainer.args.do_predict:
@@ -212,12 +224,24 @@ def build_data(config: TrainConfig, tokenizer):
     return build_sft_data(config.data, tokenizer, config.model.model_max_length)
 
 
+def overwrite_requested(config: TrainConfig) -> bool:
+    """--overwrite_output_dir, which an elastic restart ignores: it continues the run it restarts."""
+    return config.run.overwrite_output_dir and distributed.restart_count() == 0
+
+
 def build_session(config: TrainConfig, callbacks: list | tuple = ()) -> TrainingSession:
-    """Everything up to the first training step. Raises UsageError / DataError / DeviceUnavailable."""
+    """Everything up to the first training step. Raises UsageError / DataError / DeviceUnavailable.
+
+    On an output_dir holding this run's finished model it raises UsageError too (`python -m
+    llama_hw.train` asks `finished_run` first and exits 0 instead).
+    """
     from llama_hw.data import load_tokenizer
     from llama_hw.patches import apply_patches
     from llama_hw.train.trainer import LlamaHwTrainer
 
+    finished = finished_run(config, overwrite=overwrite_requested(config))
+    if finished:
+        raise UsageError(finished)
     selection = select_backend(config.run.device)
     backend = selection.backend
     notes = list(config.notes)
@@ -226,6 +250,7 @@ def build_session(config: TrainConfig, callbacks: list | tuple = ()) -> Training
     fsdp = fsdp_plan(config.training.get("fsdp"), config.training.get("fsdp_config"),
                      config.run.fsdp_transformer_layer_cls_to_wrap)
     check_combinations(config, backend, deepspeed, fsdp)
+    check_lora_targets(config, model_dir)
     world_size = distributed.world_size()
     if fsdp is not None and world_size == 1:
         notes.append("--fsdp ignored: sharding needs more than one process (start with llama_hw.launch or torchrun)")
@@ -234,7 +259,7 @@ def build_session(config: TrainConfig, callbacks: list | tuple = ()) -> Training
     parallelism = Parallelism(world_size, deepspeed, fsdp, fsdp_at_load=fsdp is not None and backend_wants_host)
 
     output_dir = Path(config.training["output_dir"])
-    overwrite = config.run.overwrite_output_dir
+    overwrite = overwrite_requested(config)
     resume_option = config.training.get("resume_from_checkpoint")
     if distributed.restart_count() > 0:
         # The elastic agent restarted the workers after a failure: continue this run, never start over.

@@ -9,6 +9,10 @@ A model that transformers sharded with FSDP2 while loading (the FSDP engine on t
 `llama_hw.train.fsdp`) gets only its weights checkpointed by transformers. For an exact resume this
 trainer also saves the optimizer state (gathered in full on rank 0 with CPU offload), the scheduler and
 the RNG states, and loads them back by broadcasting from rank 0 into every rank's shard.
+
+Resumed from a checkpoint of the last step, Trainer would still run one more step before it looks at
+`max_steps` (global step 5 of 4); here an epoch starts only while steps remain. A full disk while saving
+ends in one line (`llama_hw.train.disk`).
 """
 
 from __future__ import annotations
@@ -21,7 +25,8 @@ from transformers import Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from llama_hw.models import write_run_metadata
-from llama_hw.train.checkpointing import mark_complete, publish_staged, staging_dir
+from llama_hw.train.checkpointing import latest_complete_checkpoint, mark_complete, publish_staged, staging_dir
+from llama_hw.train.disk import directory_bytes, optimizer_bytes, reporting_disk_full, weights_bytes
 
 OPTIMIZER_FILE = "optimizer.pt"
 SCHEDULER_FILE = "scheduler.pt"
@@ -34,21 +39,39 @@ def full_state_options(**options):
 
 
 class LlamaHwTrainer(Trainer):
+    def _run_epoch(self, *args, **kwargs):
+        if self.state.max_steps > 0 and self.state.global_step >= self.state.max_steps:
+            self.control.should_training_stop = True  # resumed at the last step: nothing left to train
+            return None
+        return super()._run_epoch(*args, **kwargs)
+
     def _save_checkpoint(self, model, trial) -> None:
         limit = self.args.save_total_limit
         self.args.save_total_limit = None  # rotate below, once the new checkpoint is complete everywhere
-        try:
-            super()._save_checkpoint(model, trial)
-        finally:
-            self.args.save_total_limit = limit
         run_dir = Path(self._get_output_dir(trial=trial))
         checkpoint = run_dir / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
-        if self.is_distributed_loading_by_transformers:
-            self._save_sharded_training_state(checkpoint)
-        self.accelerator.wait_for_everyone()
+        with reporting_disk_full(checkpoint.name, checkpoint, self._checkpoint_bytes,
+                                 after=f"{checkpoint.name} stays incomplete and is ignored on resume; free space, "
+                                       "then run the same command again to resume from the last complete "
+                                       "checkpoint"):
+            try:
+                super()._save_checkpoint(model, trial)
+            finally:
+                self.args.save_total_limit = limit
+            if self.is_distributed_loading_by_transformers:
+                self._save_sharded_training_state(checkpoint)
+            self.accelerator.wait_for_everyone()
+            if self.args.should_save:
+                mark_complete(checkpoint, self.state.global_step, self.args.world_size)
         if self.args.should_save:
-            mark_complete(checkpoint, self.state.global_step, self.args.world_size)
             rotate_checkpoints(str(run_dir), limit, self.state.best_model_checkpoint, use_mtime=True)
+
+    def _checkpoint_bytes(self) -> int:
+        """The last complete checkpoint's size, else the weights and this rank's optimizer state."""
+        previous = latest_complete_checkpoint(Path(self.args.output_dir))
+        if previous is not None:
+            return directory_bytes(previous)
+        return weights_bytes(self.accelerator.unwrap_model(self.model)) + optimizer_bytes(self.optimizer)
 
     # -- models sharded at load time (FSDP2 by transformers) -------------------------------------------
     def _save_sharded_training_state(self, checkpoint: Path) -> None:
@@ -99,10 +122,14 @@ class LlamaHwTrainer(Trainer):
         base = self.accelerator.unwrap_model(self.model)
         base = base.get_base_model() if hasattr(base, "get_base_model") else base
         base.config.use_cache = True  # saved for inference, where the KV cache pays off
-        self.save_model(str(staged))
+        with reporting_disk_full("the final model", staged, lambda: weights_bytes(self.accelerator.unwrap_model(self.model)),
+                                 after=f"nothing in {output_dir} was replaced; free space, then run the same command "
+                                       "again (it resumes from the last complete checkpoint, if any)"):
+            self.save_model(str(staged))
+            if self.args.should_save:
+                self.state.save_to_json(str(staged / "trainer_state.json"))
+                write_run_metadata(staged, **metadata)
         if self.args.should_save:
-            self.state.save_to_json(str(staged / "trainer_state.json"))
-            write_run_metadata(staged, **metadata)
             publish_staged(output_dir)
         self.accelerator.wait_for_everyone()
         return output_dir
