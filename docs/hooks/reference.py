@@ -76,11 +76,13 @@ def render_argparse(command: str, parser: argparse.ArgumentParser) -> str:
 
 def render_train() -> str:
     parser = commands.parser_for("train")
-    by_dest = {action.dest: action for action in parser._actions}
+    by_dest: dict[str, list[argparse.Action]] = {}
+    for action in parser._actions:  # a boolean that defaults to True has two: --x and --no_x
+        by_dest.setdefault(action.dest, []).append(action)
     parts = [f"```\n{parser.format_usage().strip()}\n```" if len(parser.format_usage()) < 400 else
              "```\npython -m llama_hw.train [CONFIG.yaml|CONFIG.json] [--flag value ...]\n```"]
     for group, dests in commands.train_argument_groups():
-        actions = [by_dest[d] for d in dests if d in by_dest]
+        actions = [action for d in dests for action in by_dest.get(d, [])]
         title = ("transformers' TrainingArguments (every flag of transformers' Trainer)"
                  if group == "TrainingArguments" else group)
         parts += [f"## {title}", f"{len(actions)} flags.", flag_table(parser, actions)]
