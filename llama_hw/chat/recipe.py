@@ -27,17 +27,24 @@ from llama_hw.models import METADATA_FILE, ModelSource, load_model, resolve_mode
 DEFAULT_MAX_NEW_TOKENS = 512
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line and exit code 2, like every llama_hw error
+        raise UsageError(f"{message} (see `llama-hw chat --help`)")
+
+
+def build_parser() -> argparse.ArgumentParser:
     from llama_hw.chat.io import STYLES
 
-    parser = argparse.ArgumentParser(prog="llama-hw chat", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _Parser(prog="llama-hw chat", description=__doc__, allow_abbrev=False,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model-path", required=True, help="model directory, or a LoRA adapter directory")
     parser.add_argument("--adapter", default=None, help="LoRA adapter directory to apply on load")
     parser.add_argument("--device", default=None, help=f"cpu, cuda, npu or {AUTO} (default: LLAMA_HW_DEVICE or auto)")
     parser.add_argument("--num-devices", type=int, default=1, help="spread the model over this many devices")
     parser.add_argument("--precision", choices=PRECISIONS, default=None,
-                        help="weights dtype (default: the device's fastest: bf16, else fp16, else fp32)")
+                        help="weights dtype, checked against the device (default: bf16 on GPUs and NPUs that run it, "
+                        "else fp16; fp32 on CPUs, also on those that run bf16 natively: a reply is generated one token "
+                        "at a time, which bf16 hardly speeds up there, at a cost in accuracy)")
     parser.add_argument("--template", default=None,
                         help="FastChat conversation template; default: the one the trainer recorded in "
                         f"{METADATA_FILE}, else FastChat's match for the model name; `raw` for plain completion")
@@ -51,7 +58,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--trust-remote-code", action="store_true", help="allow the model's own Python code to run")
     parser.add_argument("--verbose", action="store_true",
                         help="show the patch report, transformers' warnings and progress bars")
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
+
+
+def chat_precision(backend: Backend, requested: str | None) -> str:
+    """`--precision`, checked against the device, else the backend's default (on CPU always fp32)."""
+    if requested is None:
+        return backend.default_precision()
+    supported = backend.supported_precisions()
+    if requested not in supported:
+        raise UsageError(
+            f"--precision {requested} is not supported on {backend.device_name()} ({backend.name}); supported: "
+            f"{', '.join(supported)}; pass --precision {backend.default_precision()} or leave --precision out"
+        )
+    return requested
 
 
 def resolve_template(requested: str | None, source: ModelSource) -> tuple[str, str]:
@@ -135,6 +159,7 @@ def banner(backend: Backend, source: ModelSource, template: str, origin: str, mo
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     backend = select_backend(args.device).backend
+    precision = chat_precision(backend, args.precision)
     source = resolve_model_source(args.model_path, args.adapter)
     template, origin = resolve_template(args.template, source)
     prompt = read_prompt(args)
@@ -147,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     from llama_hw.patches.fastchat_compat import context_length, serve_model
 
     with quiet_libraries(args.verbose):
-        model = load_model(source, backend, precision=args.precision, num_devices=args.num_devices,
+        model = load_model(source, backend, precision=precision, num_devices=args.num_devices,
                            trust_remote_code=args.trust_remote_code)
         tokenizer = load_tokenizer(str(source.tokenizer_dir), trust_remote_code=args.trust_remote_code)
         report = apply_patches(model, backend, mode="infer")
