@@ -20,7 +20,7 @@ from pathlib import Path
 from llama_hw.data.cache import DatasetCache, cache_key, cache_root
 from llama_hw.data.text import TEXT_RULES, Shard, bad_record_error, plan_shards, read_shard
 from llama_hw.data.tokenizer import tokenizer_fingerprint
-from llama_hw.errors import DataError
+from llama_hw.errors import DataError, LlamaHwError
 
 RULE_CODES = {rule: code for code, rule in enumerate(TEXT_RULES, start=1)}
 TOKENIZE_BATCH = 256  # documents per tokenizer call; the Rust tokenizer spreads a call over all cores
@@ -43,6 +43,8 @@ def document_rows(shards: list[Shard], tokenizer, on_bad_record: str, batch_size
     pending: list[str] = []
 
     def encode():
+        if not pending:
+            return
         ids = tokenizer(pending, add_special_tokens=True, return_attention_mask=False, verbose=False,
                         split_special_tokens=True)["input_ids"]
         for row in ids:
@@ -70,16 +72,26 @@ def tokenize_corpus(shards: list[Shard], tokenizer, on_bad_record: str, num_proc
     from datasets import Dataset, Features, Sequence, Value
 
     features = Features({"input_ids": Sequence(Value("int32")), "length": Value("int32"), "rule": Value("int8")})
+    from datasets.exceptions import DatasetGenerationError
+
     workers = min(num_proc, len(shards)) if num_proc and num_proc > 1 else None
-    return Dataset.from_generator(
-        document_rows,
-        features=features,
-        cache_dir=str(scratch),
-        gen_kwargs={"shards": shards, "tokenizer": tokenizer, "on_bad_record": on_bad_record},
-        num_proc=workers if workers and workers > 1 else None,
-        fingerprint=fingerprint,
-        writer_batch_size=WRITER_BATCH,
-    )
+    try:
+        return Dataset.from_generator(
+            document_rows,
+            features=features,
+            cache_dir=str(scratch),
+            gen_kwargs={"shards": shards, "tokenizer": tokenizer, "on_bad_record": on_bad_record},
+            num_proc=workers if workers and workers > 1 else None,
+            fingerprint=fingerprint,
+            writer_batch_size=WRITER_BATCH,
+        )
+    except DatasetGenerationError as err:  # datasets wraps what the generator raised: a bad record
+        cause = err.__cause__ or err.__context__
+        while cause is not None and not isinstance(cause, LlamaHwError):
+            cause = cause.__cause__ or cause.__context__
+        if cause is None:
+            raise
+        raise cause from None
 
 
 def count(dataset) -> CorpusCounts:

@@ -148,8 +148,9 @@ def _mixed(kinds: dict[str, str]) -> str:
     )
 
 
-def plan_shards(files: list[str], per_line: bool, shard_bytes: int = SHARD_BYTES) -> list[Shard]:
+def plan_shards(files: list[str], per_line: bool, shard_bytes: int | None = None) -> list[Shard]:
     """Shards in file order; a line-oriented file larger than `shard_bytes` is cut at line starts."""
+    shard_bytes = shard_bytes or SHARD_BYTES
     shards: list[Shard] = []
     for path in files:
         kind = ("lines" if per_line else "document") if is_text_file(path) else _json_kind(path)
