@@ -17,6 +17,7 @@ COMMANDS = {
     "chat": ("llama_hw.chat.recipe", "chat with a trained model or adapter (FastChat CLI)"),
     "data": ("llama_hw.data.recipe", "inspect how conversations are rendered, tokenized and masked"),
     "export": ("llama_hw.export.recipe", "merge a LoRA adapter into its base model"),
+    "plan": ("llama_hw.plan.recipe", "predict per-device memory and speed of every configuration; recommend one"),
 }
 
 

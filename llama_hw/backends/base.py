@@ -100,6 +100,18 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def reset_peak_memory(self) -> None: ...
 
+    def device_memory_bytes(self) -> int:
+        """Memory one device holds; the host's RAM for a backend that computes in host memory."""
+        import psutil
+
+        return psutil.virtual_memory().total
+
+    def runtime_reserve_bytes(self) -> int:
+        """Memory the runtime holds before the first tensor: on the host, this process's own footprint."""
+        import psutil
+
+        return psutil.Process().memory_info().rss
+
     # -- precision ----------------------------------------------------------------------------
     @abc.abstractmethod
     def supported_precisions(self) -> tuple[str, ...]:
@@ -192,6 +204,14 @@ class TorchDeviceModuleBackend(Backend):
 
     def reset_peak_memory(self) -> None:
         self.device_module().reset_peak_memory_stats()
+
+    def device_memory_bytes(self) -> int:
+        return self.device_module().get_device_properties(0).total_memory
+
+    def runtime_reserve_bytes(self) -> int:
+        from llama_hw.backends.products import GIB
+
+        return GIB  # the context, the collectives' buffers and kernel workspaces
 
     def visible_devices_hint(self) -> str:
         value = os.environ.get(self.visible_devices_env or "")
