@@ -82,8 +82,23 @@ def test_saved_tokenizer_reloads_with_the_same_ids(which, llama2_tokenizer, stor
 
 
 def test_missing_tokenizer_is_a_usage_error(tmp_path):
-    with pytest.raises(UsageError, match="cannot load a tokenizer from"):
+    with pytest.raises(UsageError, match=f"^tokenizer directory {tmp_path / 'nowhere'} does not exist$"):
         load_tokenizer(str(tmp_path / "nowhere"))
+    (tmp_path / "config.json").write_text("{}")
+    # Without this check transformers would take the folder for a Hub id and go to the network.
+    with pytest.raises(UsageError, match=f"^no tokenizer.model / tokenizer.json in {tmp_path}; copy the tokenizer"):
+        load_tokenizer(str(tmp_path))
+
+
+def test_broken_tokenizer_files_name_the_file(stories_tokenizer, tmp_path):
+    (tmp_path / "tokenizer.model").write_bytes(b"\xff\xff not a protobuf")
+    with pytest.raises(UsageError, match=f"^{tmp_path / 'tokenizer.model'} is not a SentencePiece model"):
+        load_tokenizer(str(tmp_path))
+    (tmp_path / "tokenizer.model").unlink()
+    stories_tokenizer.save_pretrained(tmp_path)
+    (tmp_path / "tokenizer.json").write_text('{"version": "1.0", "truncation":')
+    with pytest.raises(UsageError, match=f"^cannot load the tokenizer in {tmp_path} .*re-download its tokenizer.json"):
+        load_tokenizer(str(tmp_path))
 
 
 def test_padding_side_is_saved_with_the_tokenizer(stories260k_dir, tmp_path):

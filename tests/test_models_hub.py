@@ -134,6 +134,7 @@ def test_chat_and_export_resolve_a_hub_id_and_the_base_an_adapter_records(hub_ca
     assert source.base.resolve() == snapshot.resolve() and source.adapter == adapter
 
 
+@pytest.mark.slow  # a subprocess that imports torch
 def test_environment_variables_alone_select_the_offline_cache(tmp_path, stories260k_dir):
     """As a user runs it: HF_HUB_CACHE and HF_HUB_OFFLINE=1 in the environment, nothing patched."""
     snapshot = build_hub_cache(tmp_path / "hub", REPO_ID, stories260k_dir)
@@ -143,6 +144,12 @@ def test_environment_variables_alone_select_the_offline_cache(tmp_path, stories2
     found = subprocess.run([sys.executable, "-c", code, REPO_ID], env=env, capture_output=True, text=True)
     assert found.returncode == 0, found.stderr
     assert found.stdout.strip() == str(snapshot.resolve())
+
+
+@pytest.mark.slow  # a train subprocess: imports all of transformers and torch
+def test_train_names_the_searched_cache_for_a_missing_id(tmp_path):
+    (tmp_path / "hub").mkdir()
+    env = subprocess_env(HF_HUB_CACHE=str(tmp_path / "hub"), HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "home"))
     missing = subprocess.run([sys.executable, "-m", "llama_hw.train", "--model_name_or_path", "nobody/nothing",
                               "--data_path", "x.json", "--output_dir", str(tmp_path / "out")],
                              env=env, capture_output=True, text=True, cwd=tmp_path)
@@ -153,3 +160,20 @@ def test_environment_variables_alone_select_the_offline_cache(tmp_path, stories2
         "once with network access (`hf download nobody/nothing`), point HF_HUB_CACHE at a cache that holds it, or "
         "give a model directory"
     ]
+
+
+def test_chat_answers_from_a_cached_hub_model(hub_cache, stories260k_dir, capsys):
+    from chat_support import BASE_CONTINUATION, PROMPT
+
+    from llama_hw.chat.recipe import main as chat_main
+    from llama_hw.data import load_tokenizer
+    from llama_hw.errors import run_cli
+
+    build_hub_cache(hub_cache, REPO_ID, stories260k_dir)
+    assert load_tokenizer(REPO_ID)("Once upon a time").input_ids == load_tokenizer(str(stories260k_dir))(
+        "Once upon a time").input_ids
+    code = run_cli(chat_main, ["--model-path", REPO_ID, "--template", "raw", "--prompt", PROMPT,
+                               "--temperature", "0", "--max-new-tokens", "24", "--device", "cpu"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert BASE_CONTINUATION in out

@@ -130,10 +130,26 @@ def load_training_model(
         model_class = AutoModelForCausalLM
     try:
         with loading_errors(path):
-            return model_class.from_pretrained(str(path), **kwargs)
+            model = model_class.from_pretrained(str(path), **kwargs)
     except (OSError, ValueError) as err:
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UsageError(f"--model_name_or_path {path} cannot be loaded: {first_line}") from err
+    record_pad_token(model, pad_token_id)
+    return model
+
+
+def record_pad_token(model, pad_token_id: int | None) -> None:
+    """Write the tokenizer's pad id into the model's config and generation config.
+
+    The pad token is load_tokenizer's choice (unk, as FastChat does, when the tokenizer has none), so the
+    configs do not know it; Trainer would then align them itself and warn about it on every rank. Set after
+    the model is built, as Trainer does: as `padding_idx` at build time it would freeze that embedding row.
+    """
+    if pad_token_id is None:
+        return
+    model.config.get_text_config().pad_token_id = pad_token_id
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.pad_token_id = pad_token_id
 
 
 def fit_embeddings_to_tokenizer(model, tokenizer) -> None:
