@@ -21,6 +21,7 @@ from collections.abc import Iterator
 
 from llama_hw.backends import AUTO, PRECISIONS, Backend, select_backend
 from llama_hw.errors import UsageError
+from llama_hw.export.merge import check_remote_code
 from llama_hw.models import METADATA_FILE, ModelSource, load_model, resolve_model_source
 
 # FastChat's CLI default, capped at half the model's context so the prompt keeps room too.
@@ -161,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     backend = select_backend(args.device).backend
     precision = chat_precision(backend, args.precision)
     source = resolve_model_source(args.model_path, args.adapter)
+    check_remote_code(source.base, args.trust_remote_code, "--trust-remote-code")
     template, origin = resolve_template(args.template, source)
     prompt = read_prompt(args)
 

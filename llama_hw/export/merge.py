@@ -31,19 +31,21 @@ def adapter_task_type(adapter: Path) -> str | None:
     return getattr(PeftConfig.from_pretrained(str(adapter)), "task_type", None)
 
 
-def needs_remote_code(base: Path) -> bool:
-    """True when transformers can build the base only from the Python files its config.json points to."""
+def needs_remote_code(model_dir: Path) -> bool:
+    """True when transformers can build the model only from the Python files its config.json points to
+    (exactly when transformers would otherwise ask "run the custom code? [y/N]")."""
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
-    config = json.loads((base / "config.json").read_text(encoding="utf-8"))
+    config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
     return "auto_map" in config and config.get("model_type") not in CONFIG_MAPPING
 
 
-def check_remote_code(base: Path, trust_remote_code: bool) -> None:
-    if needs_remote_code(base) and not trust_remote_code:
+def check_remote_code(model_dir: Path, trust_remote_code: bool, trust_flag: str = "--trust_remote_code") -> None:
+    """Refuse a model that needs its own code unless the user allowed it with `trust_flag`."""
+    if needs_remote_code(model_dir) and not trust_remote_code:
         raise UsageError(
-            f"--base {base} needs its own Python code to load (config.json has auto_map and a model_type "
-            "transformers does not know); read that code, then pass --trust_remote_code to run it"
+            f"the model {model_dir} needs its own Python code to load (config.json has auto_map and a model_type "
+            f"transformers does not know); read that code, then pass {trust_flag} to run it"
         )
 
 
