@@ -177,3 +177,48 @@ def test_chat_answers_from_a_cached_hub_model(hub_cache, stories260k_dir, capsys
     out, err = capsys.readouterr()
     assert code == 0, err
     assert BASE_CONTINUATION in out
+
+
+@pytest.fixture
+def fake_hub(tmp_path, monkeypatch, no_network):
+    """snapshot_download against a listing of remote files: it writes the files its allow_patterns select
+    (huggingface_hub's own filter) into a snapshot folder, and records what was asked for."""
+    from huggingface_hub.utils import filter_repo_objects
+
+    calls = []
+
+    def serve(remote_files):
+        def snapshot_download(repo_id, *, cache_dir, allow_patterns):
+            calls.append(sorted(filter_repo_objects(remote_files, allow_patterns=allow_patterns)))
+            folder = Path(cache_dir) / repo_id
+            folder.mkdir(parents=True, exist_ok=True)
+            for name in calls[-1]:
+                (folder / name).write_text("{}")
+            return str(folder)
+
+        monkeypatch.setattr("huggingface_hub.snapshot_download", snapshot_download)
+        return calls
+
+    return serve
+
+
+def test_downloads_safetensors_and_never_the_pickles_beside_them(fake_hub, tmp_path):
+    calls = fake_hub(["config.json", "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors",
+                      "model.safetensors.index.json", "pytorch_model-00001-of-00002.bin", "pytorch_model.bin.index.json",
+                      "consolidated.00.pth", "tokenizer.model", "tokenizer_config.json", "README.md", "original/params.json"])
+    resolve_model_path("org/model", flag="--model-path", cache_dir=tmp_path)
+    assert calls == [["config.json", "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors",
+                      "model.safetensors.index.json", "tokenizer.model", "tokenizer_config.json"]]
+
+
+def test_a_repository_with_only_pickles_gets_them_in_a_second_request(fake_hub, tmp_path):
+    calls = fake_hub(["config.json", "pytorch_model.bin", "tokenizer.json", "training_args.bin"])
+    folder = resolve_model_path("org/old-model", flag="--model-path", cache_dir=tmp_path)
+    assert calls == [["config.json", "tokenizer.json"], ["config.json", "pytorch_model.bin", "tokenizer.json"]]
+    assert (folder / "pytorch_model.bin").is_file() and not (folder / "training_args.bin").exists()
+
+
+def test_config_only_for_tools_that_read_the_shape(fake_hub, tmp_path):
+    calls = fake_hub(["config.json", "model.safetensors", "tokenizer.json"])
+    resolve_model_path("org/model", flag="--model", cache_dir=tmp_path, weights=False)
+    assert calls == [["config.json", "tokenizer.json"]]

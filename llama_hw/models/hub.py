@@ -54,11 +54,12 @@ def hub_offline() -> bool:
 
 
 def resolve_model_path(name_or_path: str | os.PathLike, *, flag: str,
-                       cache_dir: str | os.PathLike | None = None) -> Path:
+                       cache_dir: str | os.PathLike | None = None, weights: bool = True) -> Path:
     """A local folder holding the model `name_or_path` names; `flag` is the option the user typed it in.
 
     A local directory is returned as it is; an `org/name` Hub id resolves to its snapshot in the
     Hugging Face cache (`cache_dir`, default HF_HUB_CACHE), downloaded first unless HF_HUB_OFFLINE=1.
+    `weights=False` fetches config and tokenizer only (for tools that read the shape, like plan).
     Anything else raises UsageError with one line that says what was searched.
     """
     text = os.fspath(name_or_path)
@@ -70,7 +71,10 @@ def resolve_model_path(name_or_path: str | os.PathLike, *, flag: str,
     if not looks_like_hub_id(text):
         raise UsageError(f"{flag} {text} does not exist: it is not a directory, nor a Hugging Face Hub id "
                          "(org/name); give a saved model's folder or a Hub id")
-    return Path(_snapshot(text, flag, hub_cache_dir(cache_dir)))
+    cache = hub_cache_dir(cache_dir)
+    if not weights:
+        return Path(_download(text, flag, cache, SUPPORT_FILES))
+    return Path(_snapshot(text, flag, cache))
 
 
 def _snapshot(repo_id: str, flag: str, cache: Path) -> str:
