@@ -24,16 +24,25 @@ def tiny_llama(vocab: int = 384, kv_heads: int = 2, layers: int = 2):
     return LlamaForCausalLM(config)
 
 
-def record(name: str, effective: float, processed: float | None = None, losses=(2.0, 1.5, 1.0), **extra) -> dict:
-    """A `bench run` result with the keys compare/parity read; numbers as given."""
+CONFIG = {"model": "bench-20m", "seq_len": 2048, "micro_batch": 4, "grad_accum": 1, "global_batch": 4,
+          "padding": "dynamic", "data_path": "alpaca.json", "sampling": "sequential", "learning_rate": 2e-5,
+          "seed": 0, "zero": 0}  # fmt: skip
+
+
+def record(name: str, effective: float, processed: float | None = None, losses=(2.0, 1.5, 1.0), config=None,
+           **extra) -> dict:  # fmt: skip
+    """A `bench run` result (schema 2) with the keys compare/parity read; numbers as given."""
     processed = effective if processed is None else processed
     return {
+        "schema": 2,
         "name": name,
         "device": {"backend": "cpu", "product": "Test CPU", "count": 1},
         "tokens_per_s_per_device": {"processed": processed, "effective": effective, "trained": effective / 2},
-        "mfu": 0.5, "mfu_effective": 0.5 * effective / processed,
+        "mfu": 0.5, "model_flops_utilization": 0.5 * effective / processed,
+        "work": {"attention_flops_per_device_step": 2e12, "head_rows_per_device_step": 1500.0},
         "step_time_s": {"p50": 1.0, "p90": 1.2}, "first_step_s": 3.0,
-        "peak_memory_bytes": 2**30, "losses": list(losses), "config": {"zero": 0}, "versions": {"torch": "x"},
+        "peak_memory_bytes": 2**30, "losses": list(losses), "config": {**CONFIG, **(config or {})},
+        "versions": {"torch": "x"},
         **extra,
     }  # fmt: skip
 

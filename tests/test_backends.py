@@ -77,17 +77,82 @@ def test_cpu_memory_stats_track_a_large_allocation():
     del block
 
 
-def test_cpu_peak_is_measured_once_then_cached(tmp_path):
+@pytest.fixture
+def fake_probe(monkeypatch):
+    """The GEMM probe and the load average, as a test sets them: no timing in tests."""
+    from llama_hw.backends import cpu
+
+    machine = {"tflops": 0.36, "load": 0.1, "probes": 0}
+
+    def measure(dtype, repeats=1, **_):
+        machine["probes"] += 1
+        return machine["tflops"]
+
+    monkeypatch.setattr(cpu, "measure_gemm_tflops", measure)
+    monkeypatch.setattr(cpu, "load_average", lambda: machine["load"])
+    monkeypatch.setattr("os.cpu_count", lambda: 2)  # quiet below a load of 0.5
+    monkeypatch.setattr(cpu, "_MEASURED", {})  # a fresh process
+    return machine
+
+
+def new_process(monkeypatch):
+    from llama_hw.backends import cpu
+
+    monkeypatch.setattr(cpu, "_MEASURED", {})
+
+
+def test_cpu_peak_probed_quiet_is_cached_with_its_date_and_load(tmp_path, fake_probe, monkeypatch):
     cpu = CpuBackend()
-    measured = cpu.peak_tflops("fp32")
-    assert 0.001 < measured < 100  # a real GEMM on a CPU: between 1 GFLOP/s and 100 TFLOP/s
+    origin = cpu.peak_origin("fp32")
+    assert (origin.tflops, origin.source, origin.load_1m, origin.quiet, origin.repeats) == (0.36, "probe", 0.1, True, 3)
+    assert cpu.peak_tflops("fp32") == 0.36 and fake_probe["probes"] == 1  # one probe per process
     cache = tmp_path / "cache" / "cpu_peak_tflops.json"
-    entries = json.loads(cache.read_text())
-    (key,) = entries
+    (key,) = json.loads(cache.read_text())
     assert key.endswith("|fp32") and f"threads={torch.get_num_threads()}" in key
-    cache.write_text(json.dumps({key: 123.0}))
-    assert cpu.peak_tflops("fp32") == 123.0  # read back, not re-measured
+    new_process(monkeypatch)
+    again = CpuBackend().peak_origin("fp32")
+    assert (again.source, again.tflops, again.measured_at) == ("cache", 0.36, origin.measured_at)
+    assert fake_probe["probes"] == 1  # read back, not re-measured
     assert cpu.peak_tflops("fp16") is None  # not a CPU training precision
+
+
+def test_a_probe_under_load_is_used_but_never_cached(tmp_path, fake_probe, monkeypatch):
+    fake_probe.update(tflops=0.045, load=3.2)
+    origin = CpuBackend().peak_origin("fp32")
+    assert (origin.tflops, origin.source, origin.quiet) == (0.045, "probe", False)
+    assert "not cached: the machine was busy" in origin.note
+    assert not (tmp_path / "cache" / "cpu_peak_tflops.json").exists()
+    new_process(monkeypatch)
+    fake_probe.update(tflops=0.36, load=0.2)  # the next process, on a quiet machine, probes and caches
+    assert CpuBackend().peak_origin("fp32").source == "probe"
+    assert json.loads((tmp_path / "cache" / "cpu_peak_tflops.json").read_text()).popitem()[1]["tflops"] == 0.36
+
+
+def test_a_poisoned_cache_is_replaced_by_a_probe_that_beats_it(tmp_path, fake_probe, monkeypatch):
+    from llama_hw.backends.cpu import cpu_model_name
+
+    key = f"{cpu_model_name()}|threads={torch.get_num_threads()}|torch={torch.__version__}|fp32"
+    cache = tmp_path / "cache" / "cpu_peak_tflops.json"
+    cache.parent.mkdir()
+    cache.write_text(json.dumps({key: 0.045}))  # an older llama_hw's entry: a bare number, load unknown
+    fake_probe.update(tflops=0.30, load=1.5)  # still busy, but faster than the cache: the cache was slowed down
+    assert CpuBackend().peak_origin("fp32").tflops == 0.30
+    assert json.loads(cache.read_text())[key]["tflops"] == 0.30
+    new_process(monkeypatch)
+    fake_probe.update(tflops=0.36, load=0.1)
+    assert CpuBackend().peak_origin("fp32").tflops == 0.36  # not quiet before: probed again, and cached
+    new_process(monkeypatch)
+    fake_probe.update(tflops=0.10, load=0.1)
+    origin = CpuBackend().peak_origin("fp32")  # a quiet cache stands: no probe
+    assert (origin.source, origin.tflops, fake_probe["probes"]) == ("cache", 0.36, 2)
+    reprobed = CpuBackend().measured_peak("fp32", reprobe=True)  # `env --probe`: slower now, the cache is kept
+    assert (reprobed.source, reprobed.tflops) == ("cache", 0.36) and "a probe now gave only 0.1" in reprobed.note
+
+
+def test_peak_origin_names_the_environment_override(monkeypatch, fake_probe):
+    monkeypatch.setenv("LLAMA_HW_PEAK_TFLOPS", "fp32=0.5")
+    assert CpuBackend().peak_origin("fp32").as_dict() == {"tflops": 0.5, "source": "env"}
+    assert fake_probe["probes"] == 0
 
 
 def test_peak_tflops_environment_override(monkeypatch):

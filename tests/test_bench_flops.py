@@ -48,10 +48,19 @@ def test_lora_skips_the_weight_gradients_of_frozen_matrices():
     assert full.body == 6 * body and full.head == 6 * head
 
 
-def test_a_batch_counts_the_head_at_labelled_positions_and_attention_per_sequence():
+def test_executed_work_and_model_flops_of_a_padded_batch_by_hand():
+    """Two right-padded rows of 6 positions holding 4 and 6 tokens, 5 labelled targets (tests/test_bench_tokens)."""
+    from llama_hw.bench.tokens import TokenCounts
+
     model = FlopsModel(body=10.0, head=100.0, attention_coefficient=1.0)
-    # two sequences of 3 and 5 tokens, 4 labelled positions
-    assert model.batch(tokens=8, squared_lengths=9 + 25, labelled=4) == 80 + 400 + 34
+    counts = TokenCounts(processed=12, effective=10, trained=5, samples=2, effective_squared=16 + 36,
+                         attention_pairs=10 + 21)  # fmt: skip
+    # the layers run on all 12 positions; the chunked head on the 5 labelled ones, the stock head on all 12
+    assert model.executed(counts, head_labelled_only=True) == 10 * 12 + 100 * 5 + 31
+    assert model.executed(counts, head_labelled_only=False) == 10 * 12 + 100 * 12 + 31
+    # classic model FLOPs: 6N (head included) per real token, attention as each text's full square
+    assert model.model_flops(counts) == (10 + 100) * 10 + 52
+    assert model.attention(counts) == 31 and model.head_rows(counts, True) == 5
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))

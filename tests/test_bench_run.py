@@ -45,6 +45,10 @@ def test_the_record_has_every_key_scripts_use(cli_run):
     assert record["config"]["padding"] == "max" and record["config"]["seq_len"] == 32
     assert {"python", "torch", "torch-npu", "cann", "transformers", "deepspeed"} <= record["versions"].keys()
     assert "chunked_cross_entropy" in record["patches"] and record["git"].keys() == {"commit", "dirty"}
+    assert record["work"]["attention_layout"] == "cpu-varlen" and record["work"]["head_rows"] == "labelled"
+    assert record["peak_source"]["source"] in ("probe", "cache", "env") and record["peak_source"]["tflops"] > 0
+    assert record["stop_reason"] == "3 steps as asked (--steps)"
+    assert {"median", "ci95_low", "ci95_high", "spread"} <= record["rate_stability"].keys()
 
 
 def test_rates_and_mfu_follow_from_the_counts(cli_run):
@@ -55,8 +59,18 @@ def test_rates_and_mfu_follow_from_the_counts(cli_run):
     assert tokens["processed"] == 3 * 2 * 32  # synthetic rows fill --seq-len: no padding
     assert rates["processed"] == pytest.approx(tokens["processed"] / seconds)
     assert rates["trained"] == pytest.approx(3 * 2 * 31 / seconds)  # every next token is a target
-    achieved = record["model_flops_per_token"] * rates["processed"]
-    assert record["mfu"] == pytest.approx(achieved / (record["peak_tflops"] * 1e12))
+    flops = record["model"]["flops_per_token"]
+    # full rows without padding: one causal call per row, the chunked head on the 31 labelled rows of each
+    attention = flops["attention_per_context_position"] * 2 * 32 * 33 / 2
+    executed = flops["body"] * 2 * 32 + flops["head"] * 2 * 31 + attention
+    work = record["work"]
+    assert work["attention_flops_per_device_step"] == pytest.approx(attention)
+    assert work["head_rows_per_device_step"] == 2 * 31
+    assert work["flops_per_device_step"] == pytest.approx(executed)
+    assert record["mfu"] == pytest.approx(3 * executed / seconds / (record["peak_tflops"] * 1e12))
+    model_flops = (flops["body"] + flops["head"]) * 2 * 32 + flops["attention_per_context_position"] * 2 * 32**2
+    assert record["model_flops_utilization"] == pytest.approx(3 * model_flops / seconds / (record["peak_tflops"] * 1e12))
+    assert record["model_flops_per_token"] == pytest.approx(model_flops / 64)
 
 
 @pytest.fixture

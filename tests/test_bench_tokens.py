@@ -1,10 +1,13 @@
-"""Processed / effective / trained token counts (and the attention's squared lengths) on hand-made batches."""
+"""Processed / effective / trained token counts, and the attention pairs each layout executes, on hand-made batches."""
 
 from __future__ import annotations
 
 import torch
 
+import pytest
+
 from llama_hw.bench.tokens import TokenCounter, TokenCounts, count_batch
+from llama_hw.bench.work import CPU_VARLEN, DENSE, PER_SEQUENCE, SDPA, WorkLayout
 
 X = -100  # a position without a label
 
@@ -18,10 +21,38 @@ def test_right_padded_batch():
     attention_mask = torch.tensor([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1]])
     labels = torch.tensor([[X, X, 6, 7, X, X], [X, X, X, 7, 8, 9]])
     got = counts(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
-    # 12 positions, 10 of text, 5 next-token targets (labels[:, 1:]), 2 sequences;
-    # attention over the padded rows 6^2 + 6^2, over the text 4^2 + 6^2.
-    assert got == TokenCounts(processed=12, effective=10, trained=5, samples=2, processed_squared=72,
-                              effective_squared=52)  # fmt: skip
+    # 12 positions, 10 of text, 5 next-token targets (labels[:, 1:]), 2 sequences; the text's squares 4^2 + 6^2;
+    # per sequence a causal kernel computes 4*5/2 + 6*7/2 query/key pairs.
+    assert got == TokenCounts(processed=12, effective=10, trained=5, samples=2, effective_squared=52,
+                              attention_pairs=10 + 21)  # fmt: skip
+
+
+RIGHT_PADDED = {"input_ids": torch.ones(2, 6, dtype=torch.long),
+                "attention_mask": torch.tensor([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1]])}  # fmt: skip
+FULL_ROWS = {"input_ids": torch.ones(2, 6, dtype=torch.long), "attention_mask": torch.ones(2, 6, dtype=torch.long)}
+PACKED = {"input_ids": torch.ones(1, 8, dtype=torch.long), "position_ids": torch.tensor([[0, 1, 2, 0, 1, 0, 1, 2]]),
+          "labels": torch.tensor([[X, 5, 6, X, 7, X, X, X]])}  # fmt: skip
+
+
+@pytest.mark.parametrize("batch, layout, pairs", [
+    # a dense mask computes every pair of both 6-token rows; sdpa takes the dense mask when there is padding
+    (RIGHT_PADDED, WorkLayout(DENSE), 2 * 36),
+    (RIGHT_PADDED, WorkLayout(SDPA), 2 * 36),
+    (RIGHT_PADDED, WorkLayout(PER_SEQUENCE), 10 + 21),
+    # varlen_attention splits a padded batch only when the skipped pairs x heads x head size beat the call cost
+    (RIGHT_PADDED, WorkLayout(CPU_VARLEN, pair_dims=10**6), 10 + 21),
+    (RIGHT_PADDED, WorkLayout(CPU_VARLEN, pair_dims=1), 2 * 36),
+    # no padding: sdpa runs is_causal (the triangle of each row), eager still every pair
+    (FULL_ROWS, WorkLayout(SDPA), 2 * 21),
+    (FULL_ROWS, WorkLayout(DENSE), 2 * 36),
+    (FULL_ROWS, WorkLayout(CPU_VARLEN, pair_dims=1), 2 * 21),
+    # packed documents of 3 and 2 tokens and a 3-token padding segment: sdpa gets a dense block mask
+    (PACKED, WorkLayout(SDPA), 64),
+    (PACKED, WorkLayout(PER_SEQUENCE), 6 + 3 + 6),
+    (PACKED, WorkLayout(CPU_VARLEN, pair_dims=1), 6 + 3 + 6),
+])  # fmt: skip
+def test_attention_pairs_per_layout_by_hand(batch, layout, pairs):
+    assert counts(**batch, layout=layout).attention_pairs == pairs
 
 
 def test_left_padded_batch():
@@ -29,7 +60,7 @@ def test_left_padded_batch():
     attention_mask = torch.tensor([[0, 0, 1, 1, 1]])
     got = counts(input_ids=input_ids, attention_mask=attention_mask, labels=torch.tensor([[X, X, X, 5, 6]]))
     assert (got.processed, got.effective, got.trained, got.samples) == (5, 3, 2, 1)
-    assert (got.processed_squared, got.effective_squared) == (25, 9)
+    assert (got.attention_pairs, got.effective_squared) == (6, 9)
 
 
 def test_packed_rows_with_a_padding_segment():
@@ -40,7 +71,7 @@ def test_packed_rows_with_a_padding_segment():
     labels = torch.tensor([[X, 5, 6, X, 7, X, X, X], [X, X, 6, 7, 8, X, X, 3]])
     got = counts(input_ids=input_ids, position_ids=position_ids, labels=labels)
     assert (got.processed, got.effective, got.trained, got.samples) == (16, 13, 7, 3)
-    assert got.processed_squared == 9 + 4 + 9 + 64  # every segment as computed, padding included
+    assert got.attention_pairs == 6 + 3 + 6 + 36  # every segment's triangle, the padding segment included
     assert got.effective_squared == 9 + 4 + 64
 
 
@@ -53,7 +84,7 @@ def test_a_packed_row_ending_in_a_real_conversation_has_no_padding():
 
 def test_full_rows_without_mask_are_all_text():
     got = counts(input_ids=torch.ones(2, 4, dtype=torch.long), labels=torch.ones(2, 4, dtype=torch.long))
-    assert got == TokenCounts(8, 8, 6, 2, 32, 32)
+    assert got == TokenCounts(8, 8, 6, 2, 32, 20)
 
 
 def test_counts_match_the_pipelines_packed_collator(llama2_tokenizer_dir, shared_dir):

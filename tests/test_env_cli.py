@@ -30,7 +30,11 @@ def test_env_json_reports_cpu_with_a_measured_peak_and_versions(tmp_path):
     assert report["backend"] == "cpu"
     assert report["selected"]["dist_backend"] == "gloo"
     assert report["selected"]["peak_tflops"]["fp32"] > 0.001
-    assert (tmp_path / "cpu_peak_tflops.json").exists()  # measured, then cached
+    origin = report["peak_origin"]["fp32"]
+    assert origin["tflops"] == report["selected"]["peak_tflops"]["fp32"] and origin["source"] == "probe"
+    assert origin["repeats"] == 3 and "measured_at" in origin and "load_1m" in origin
+    # measured, then cached only if the machine was quiet
+    assert (tmp_path / "cpu_peak_tflops.json").exists() == origin["quiet"]
     versions = report["versions"]
     assert versions["torch"] == torch.__version__
     for name in ("python", "transformers", "peft", "accelerate", "fschat", "torch-npu", "deepspeed", "cann"):
@@ -43,6 +47,13 @@ def test_env_table_names_the_backend_and_the_reason():
     assert result.returncode == 0, result.stderr
     assert "backend: cpu  (auto-detected; unavailable: npu, cuda)" in result.stdout
     assert "peak TFLOP/s" in result.stdout and "transformers" in result.stdout
+
+
+def test_env_says_where_the_peak_comes_from():
+    result = run_env("--json", LLAMA_HW_PEAK_TFLOPS="fp32=0.5")
+    assert json.loads(result.stdout)["peak_origin"]["fp32"] == {"tflops": 0.5, "source": "env"}
+    table = run_env(LLAMA_HW_PEAK_TFLOPS="fp32=0.5")
+    assert "fp32 0.5 [env]" in " ".join(table.stdout.split())
 
 
 def test_env_on_npu_without_torch_npu_exits_2_with_the_install_line():
