@@ -131,7 +131,7 @@ def test_hostfile_dry_run_commands_and_carried_environment(tmp_path, no_torch_np
     hostfile = tmp_path / "hostfile"
     hostfile.write_text("# two Ascend servers\nworker-0 slots=8\nworker-1 slots=8\n")
     result = run_launcher(
-        "--dry-run", "--device", "npu", "--hostfile", str(hostfile), "--master-port", "29600",
+        "--dry-run", "--device", "npu", "--hostfile", str(hostfile), "--master-port", "29600", "--rdzv-timeout", "900",
         "--", "--model_name_or_path", "/models/llama-7b", "--deepspeed", "zero1",
         HCCL_CONNECT_TIMEOUT="3600", ASCEND_GLOBAL_LOG_LEVEL="3", LLAMA_HW_PATCHES="none", UNRELATED_TOKEN="secret",
     )
@@ -145,10 +145,10 @@ def test_hostfile_dry_run_commands_and_carried_environment(tmp_path, no_torch_np
     for rank, host in enumerate(("worker-0", "worker-1")):
         line = node_lines[host]
         for expected in (f"--node-rank {rank}", "--nodes 2", "--nproc-per-node 8", "--master-addr worker-0",
-                         "--master-port 29600", "--device npu", "-- --model_name_or_path /models/llama-7b",
-                         f"cd {REPO};"):
+                         "--master-port 29600", "--rdzv-timeout 900", "--device npu",
+                         "-- --model_name_or_path /models/llama-7b", f"cd {REPO};"):
             assert expected in line, (expected, line)
-        words = shlex.split(line.split(":", 1)[1])  # DeepSpeed < 0.17 quotes every exported value, later ones not
+        words = shlex.split(line.split(":", 1)[1])  # every word is shlex-quoted for the remote shell
         exported = dict(word.rstrip(";").split("=", 1) for before, word in zip(words, words[1:]) if before == "export")
         assert exported == {"HCCL_CONNECT_TIMEOUT": "3600", "ASCEND_GLOBAL_LOG_LEVEL": "3", "LLAMA_HW_PATCHES": "none"}
         assert "UNRELATED_TOKEN" not in line

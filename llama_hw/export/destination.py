@@ -37,9 +37,9 @@ def read_export_marker(folder: Path) -> dict[str, Any] | None:
         marker = json.loads((folder / EXPORT_MARKER).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    if not isinstance(marker, dict) or marker.get("written_by") != WRITTEN_BY or not isinstance(marker.get("files"), list):
-        return None
-    return marker
+    if isinstance(marker, dict) and marker.get("written_by") == WRITTEN_BY and isinstance(marker.get("files"), list):
+        return marker
+    return None
 
 
 def check_out(out: Path, protected: Mapping[str, Path], overwrite: bool) -> None:
@@ -62,7 +62,8 @@ def check_out(out: Path, protected: Mapping[str, Path], overwrite: bool) -> None
     if not out.is_dir():
         raise UsageError(f"--out {out} is a file; {NEW_DIRECTORY}")
     if not overwrite:
-        raise UsageError(f"--out {out} already exists; {NEW_DIRECTORY}, or pass --overwrite to replace an earlier export")
+        raise UsageError(f"--out {out} already exists; {NEW_DIRECTORY}, or pass --overwrite to replace an "
+                         "earlier export")
     present = relative_files(out)
     if not present:
         return  # empty folders hold nothing to lose
@@ -72,8 +73,8 @@ def check_out(out: Path, protected: Mapping[str, Path], overwrite: bool) -> None
                          f"--overwrite replaces only an earlier export: {NEW_DIRECTORY}")
     unknown = sorted(present - set(marker["files"]))
     if unknown:
-        raise UsageError(f"--out {out} holds {len(unknown)} file(s) the earlier export did not write (e.g. {unknown[0]}); "
-                         f"move them out first or {NEW_DIRECTORY}")
+        raise UsageError(f"--out {out} holds {len(unknown)} file(s) the earlier export did not write "
+                         f"(e.g. {unknown[0]}); move them out first or {NEW_DIRECTORY}")
     if not os.access(out, os.W_OK | os.X_OK):
         raise UsageError(f"--out {out}: the earlier export cannot be removed (no write permission); {NEW_DIRECTORY}")
 

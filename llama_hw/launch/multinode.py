@@ -82,7 +82,8 @@ def node_launcher_args(options: LaunchOptions, nodes: int, nproc: int, master_ad
         args += ["--master-port", str(options.master_port)]
     if options.rdzv_id:
         args += ["--rdzv-id", options.rdzv_id]
-    args += ["--rdzv-backend", options.rdzv_backend, "--max-restarts", str(options.max_restarts)]
+    args += ["--rdzv-backend", options.rdzv_backend, "--rdzv-timeout", str(options.rdzv_timeout),
+             "--max-restarts", str(options.max_restarts)]
     if options.script is not None:
         args += ["--script", str(options.script.resolve())]
     if options.config is not None:
