@@ -88,3 +88,19 @@ def test_a_node_whose_master_never_comes_up_ends_with_one_line(tmp_path):
     assert "frame #" not in result.stdout + result.stderr
     assert elapsed < 60, elapsed  # torch's own client would wait 60 s per attempt
     assert list(Path(tmp_path).iterdir()) == []  # no worker started
+
+
+@pytest.mark.slow
+def test_node_0_whose_peers_never_come_ends_with_one_line(tmp_path):
+    port = free_port()
+    result = subprocess.run(
+        [sys.executable, "-m", "llama_hw.launch", "--device", "cpu", "--nodes", "2", "--node-rank", "0",
+         "--master-addr", "127.0.0.1", "--master-port", str(port), "--rdzv-timeout", "3",
+         "--script", str(SCRIPT), "--", str(tmp_path)],
+        capture_output=True, text=True, cwd=REPO, env=subprocess_env(), timeout=120,
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr == (f"error: not all 2 nodes joined at 127.0.0.1:{port} within --rdzv-timeout 3 s; start the "
+                             "launcher on every node with --nodes 2, its own --node-rank, --master-addr 127.0.0.1 and "
+                             f"--master-port {port}\n")
+    assert list(Path(tmp_path).iterdir()) == []

@@ -137,7 +137,7 @@ def run_torchrun(plan: NodePlan) -> int:
     from torch.distributed import run as torchrun
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed.elastic.rendezvous.api import RendezvousError
+    from torch.distributed.elastic.rendezvous.api import RendezvousError, RendezvousTimeoutError
 
     wait_for_master(plan)
     os.environ.update(plan.env)  # the elastic agent passes its environment on to every worker
@@ -147,6 +147,12 @@ def run_torchrun(plan: NodePlan) -> int:
     except ChildFailedError as err:
         print(err.format_msg(), file=sys.stderr)
         return 1
+    except RendezvousTimeoutError:
+        raise UsageError(
+            f"not all {plan.nodes} nodes joined at {plan.master_addr}:{plan.master_port} within --rdzv-timeout "
+            f"{plan.rdzv_timeout} s; start the launcher on every node with --nodes {plan.nodes}, its own --node-rank, "
+            f"--master-addr {plan.master_addr} and --master-port {plan.master_port}"
+        ) from None
     except RendezvousError as err:
         print(f"error: the nodes did not meet at {plan.master_addr}:{plan.master_port} "
               f"({type(err).__name__}: {err})", file=sys.stderr)
