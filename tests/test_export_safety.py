@@ -203,6 +203,25 @@ def test_truncated_base_weights_are_refused(workspace, capsys):
     assert_refused(workspace, capsys, workspace / "merged", f"{weights} is truncated")
 
 
+def test_malformed_base_config_is_refused(workspace, capsys):
+    config = workspace / "base" / "config.json"
+    config.write_text(config.read_text()[:-20])
+    assert_refused(workspace, capsys, workspace / "merged", f"{config} is not valid JSON")
+
+
+def test_pickled_base_weights_holding_objects_are_refused(workspace, capsys):
+    import argparse
+
+    from safetensors.torch import load_file
+
+    weights = workspace / "base" / "model.safetensors"
+    state = load_file(weights)
+    weights.unlink()
+    torch.save({**state, "args": argparse.Namespace(lr=1)}, workspace / "base" / "pytorch_model.bin")
+    err = assert_refused(workspace, capsys, workspace / "merged", "convert it to safetensors once")
+    assert "weights_only=False" not in err
+
+
 def test_adapter_of_another_model_names_export_flags(workspace, capsys):
     config = json.loads((workspace / "base" / "config.json").read_text())
     (workspace / "base" / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 2}))
