@@ -184,3 +184,88 @@ def test_rope_is_stretched_like_fastchat():
     assert rope_scaling_factor(2048, 512) == 4.0
     assert rope_scaling_factor(1000, 512) == 2.0
     assert rope_scaling_factor(512, 512) is None
+
+
+@pytest.mark.parametrize("flag", ["--per_device_train", "--max_step", "--learning", "--lora_tar"])
+def test_abbreviated_flags_are_refused(flag, capsys):
+    """argparse would take a unique prefix for the whole flag; a typo must not set another flag."""
+    assert run_cli(main, PATHS + [flag, "4"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: unknown flag {flag}") and len(err.splitlines()) == 1, err
+
+
+def test_abbreviated_keys_in_a_config_file_are_refused(tmp_path):
+    config_file = tmp_path / "run.yaml"
+    config_file.write_text("model_name_or_path: M\ndata_path: D.json\noutput_dir: OUT\nnum_train_epoch: 2\n")
+    with pytest.raises(UsageError, match="unknown flag --num_train_epoch "):
+        parse_args([str(config_file)])
+
+
+def test_llama_factory_flag_names_mean_the_same_here(capsys):
+    config = parse_args(PATHS + ["--lora_rank", "16", "--cutoff-len", "1024", "--lora_target", "q_proj,v_proj"])
+    assert config.finetuning.lora_r == 16 and config.finetuning.finetuning_type == "lora"
+    assert config.model.model_max_length == 1024
+    assert "--lora_rank (LLaMA-Factory) is --lora_r here" in config.notes
+    assert "--cutoff-len (LLaMA-Factory) is --model_max_length here" in config.notes
+
+
+def test_negative_numbers_parse_as_values():
+    config = parse_args(PATHS + ["--weight_decay", "-1e-3", "--adam_epsilon", "-1E-8", "--max_grad_norm", "-0.5"])
+    assert config.training["weight_decay"] == pytest.approx(-1e-3)
+    assert config.training["adam_epsilon"] == pytest.approx(-1e-8)
+    assert config.training["max_grad_norm"] == pytest.approx(-0.5)
+
+
+def test_gradient_checkpointing_causes_no_deprecation_warning(tmp_path):
+    import warnings
+
+    from transformers import TrainingArguments
+
+    config = parse_args(["--model_name_or_path", "M", "--data_path", "D.json", "--output_dir", str(tmp_path),
+                         "--gradient_checkpointing", "True", "--gradient_checkpointing_kwargs",
+                         '{"use_reentrant": false}', "--use_cpu", "True"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        args = TrainingArguments(**config.training)
+    assert args.activation_checkpointing is True
+    assert args.activation_checkpointing_kwargs == {"use_reentrant": False}
+
+
+def test_help_shows_llama_hw_flags_first(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    lines = text.splitlines()
+    assert lines[0].startswith("usage: python -m llama_hw.train [CONFIG.yaml|CONFIG.json] --model_name_or_path")
+    sections = [line for line in lines if line and not line.startswith(" ") and line.endswith(":")]
+    assert sections[:5] == ["options:", "llama_hw: model:", "llama_hw: data:",
+                            "llama_hw: finetuning (full, LoRA, QLoRA):", "llama_hw: run:"]
+    assert sections[5].startswith("transformers TrainingArguments")
+    # the first 40 lines already show the flags every run needs
+    assert "--model_name_or_path" in "\n".join(lines[:40]) and "--data_path" in "\n".join(lines[:60])
+
+
+def test_messages_come_from_the_first_process_only(monkeypatch, capsys):
+    from llama_hw.train.logs import configure_logging, logger
+
+    monkeypatch.setenv("RANK", "0")
+    configure_logging(None, None)
+    logger.info("banner line")
+    logger.warning("careful")
+    assert capsys.readouterr().out == "banner line\nwarning: careful\n"
+
+    configure_logging("warning", None)  # --log_level warning: no banner
+    logger.info("banner line")
+    assert capsys.readouterr().out == ""
+
+    monkeypatch.setenv("RANK", "3")  # another process: --log_level_replica (default warning)
+    configure_logging(None, None)
+    logger.info("banner line")
+    logger.warning("careful")
+    assert capsys.readouterr().out == "warning: careful\n"
+    configure_logging(None, "info")
+    logger.info("banner line")
+    assert capsys.readouterr().out == "banner line\n"
+    monkeypatch.setenv("RANK", "0")
+    configure_logging(None, None)

@@ -90,3 +90,71 @@ def test_command_line_error_from_the_module_entry_point(tmp_path, dummy_conversa
         f"error: --model_name_or_path {tmp_path} has no config.json; it is not a Hugging Face model directory"
     )
     assert "Traceback" not in result.stderr
+
+
+@pytest.fixture
+def no_model_loading(monkeypatch):
+    """Fail the test if the trainer gets as far as loading the model: these checks come first."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded before the bad input was refused")
+
+    monkeypatch.setattr("llama_hw.train.session.load_training_model", refuse)
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--learning_rate", "-1e-3"], "--learning_rate must not be negative, got -0.001"),  # -1e-3 is a number
+        (["--learning_rate=-2e-5"], "--learning_rate must not be negative, got -2e-05"),
+        (["--per_device_train_batch_size", "0"], "--per_device_train_batch_size must be at least 1, got 0"),
+        (["--gradient_accumulation_steps", "0"], "--gradient_accumulation_steps must be at least 1, got 0"),
+        (["--model_max_length", "0"], "--model_max_length must be a positive number of tokens, got 0"),
+        (["--cutoff_len", "0"], "--model_max_length must be a positive number of tokens, got 0"),
+    ],
+)
+def test_values_that_cannot_train(extra, message, tmp_path, stories260k_dir, dummy_conversations, no_model_loading,
+                                  capsys):
+    out = tmp_path / "out"
+    fails_with(small_run(stories260k_dir, dummy_conversations, out, *extra), message, capsys)
+    assert not out.exists()
+
+
+def test_output_dir_that_is_a_file(tmp_path, stories260k_dir, dummy_conversations, no_model_loading, capsys):
+    out = tmp_path / "out"
+    out.write_text("notes")
+    fails_with(small_run(stories260k_dir, dummy_conversations, out), f"--output_dir {out} is a file", capsys)
+    fails_with(small_run(stories260k_dir, dummy_conversations, out / "run"), f"{out} is a file, not a folder", capsys)
+    assert out.read_text() == "notes"
+
+
+@pytest.fixture
+def read_only_dir(tmp_path):
+    """A folder on a read-only file system (root can write anywhere else): a tmpfs remounted read-only."""
+    import subprocess
+
+    mount = tmp_path / "ro"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True, capture_output=True)
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], capture_output=True)
+
+
+def test_output_dir_that_is_read_only(read_only_dir, stories260k_dir, dummy_conversations, no_model_loading, capsys):
+    fails_with(small_run(stories260k_dir, dummy_conversations, read_only_dir),
+               f"--output_dir {read_only_dir} is not writable", capsys)
+    fails_with(small_run(stories260k_dir, dummy_conversations, read_only_dir / "new"),
+               f"is not writable ({read_only_dir}, where it would be created)", capsys)
+
+
+def test_unknown_lora_target_lists_the_models_linear_modules(tmp_path, stories260k_dir, dummy_conversations,
+                                                             no_model_loading, capsys):
+    out = tmp_path / "out"
+    argv = small_run(stories260k_dir, dummy_conversations, out, "--finetuning_type", "lora",
+                     "--lora_target", "q_proj,qkv_proj")
+    fails_with(argv, "--lora_target qkv_proj: the model has no module of that name; its linear modules are "
+                     "q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj, lm_head", capsys)
+    assert not out.exists()

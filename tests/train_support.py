@@ -113,6 +113,14 @@ def small_run(model_dir: Path, data: Path, output_dir: Path, *extra: str) -> lis
     ]
 
 
+def file_hashes(directory: Path) -> dict[str, str]:
+    """relative path -> sha256 of every file under `directory`: what a test compares before and after."""
+    import hashlib
+
+    return {str(path.relative_to(directory)): hashlib.sha256(path.read_bytes()).hexdigest()
+            for path in sorted(directory.rglob("*")) if path.is_file()}
+
+
 def logged_losses(output_dir: Path) -> list[float]:
     """The training loss of every logged step, from trainer_state.json."""
     state = json.loads((output_dir / "trainer_state.json").read_text())

@@ -1,8 +1,9 @@
 """A full disk while saving: one line naming the disk, the path and the bytes needed.
 
-torch.save reports a full disk as `RuntimeError: basic_ios::clear: iostream error` (or "file write
-failed"), safetensors as an I/O error with OS error 28, plain writes as OSError(ENOSPC). Any of these
-while a checkpoint or the final model is written becomes `DiskFull`. What was being written stays
+torch.save reports a full disk as `RuntimeError: basic_ios::clear: iostream error`, "file write failed"
+or "[enforce fail at inline_container.cc] unexpected pos", safetensors as an I/O error with OS error 28,
+plain writes as OSError(ENOSPC). A save that fails with ENOSPC, with words that say so, or with any error
+while the disk has less space left than the save needs becomes `DiskFull`. What was being written stays
 incomplete and is never taken for finished: a checkpoint without its marker is ignored on resume, and
 the final model is staged and published only once whole.
 """
@@ -21,8 +22,6 @@ from llama_hw.train.checks import nearest_existing
 
 # How the writers spell "no space left" (or a quota) when they do not keep the errno.
 NO_SPACE_WORDS = ("no space left", "os error 28", "storagefull", "disk quota", "quota exceeded")
-# torch's stream writer loses the reason; it counts as a full disk when the disk is (nearly) full.
-STREAM_FAILURE_WORDS = ("iostream error", "file write failed", "failed writing")
 
 
 class DiskFull(LlamaHwError):
@@ -50,7 +49,8 @@ def is_out_of_space(err: BaseException, path: Path, needed: int) -> bool:
     text = str(err).lower()
     if any(word in text for word in NO_SPACE_WORDS):
         return True
-    return any(word in text for word in STREAM_FAILURE_WORDS) and free_bytes(path) < needed
+    # torch's stream writer loses the reason: judge by the space that is left
+    return free_bytes(path) < needed
 
 
 @contextmanager

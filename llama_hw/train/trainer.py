@@ -25,7 +25,13 @@ from transformers import Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from llama_hw.models import write_run_metadata
-from llama_hw.train.checkpointing import latest_complete_checkpoint, mark_complete, publish_staged, staging_dir
+from llama_hw.train.checkpointing import (
+    CHECKPOINT_MARKER,
+    latest_complete_checkpoint,
+    mark_complete,
+    publish_staged,
+    staging_dir,
+)
 from llama_hw.train.disk import directory_bytes, optimizer_bytes, reporting_disk_full, weights_bytes
 
 OPTIMIZER_FILE = "optimizer.pt"
@@ -54,6 +60,8 @@ class LlamaHwTrainer(Trainer):
                                  after=f"{checkpoint.name} stays incomplete and is ignored on resume; free space, "
                                        "then run the same command again to resume from the last complete "
                                        "checkpoint"):
+            if self.args.should_save:  # a damaged checkpoint of this step, passed over on resume, is rewritten
+                (checkpoint / CHECKPOINT_MARKER).unlink(missing_ok=True)
             try:
                 super()._save_checkpoint(model, trial)
             finally:
