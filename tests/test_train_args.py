@@ -269,3 +269,19 @@ def test_messages_come_from_the_first_process_only(monkeypatch, capsys):
     assert capsys.readouterr().out == "banner line\n"
     monkeypatch.setenv("RANK", "0")
     configure_logging(None, None)
+
+
+def test_lora_setup_causes_no_deprecation_warning(stories260k_dir):
+    """peft reads an attribute transformers 5 deprecated; a user's LoRA run must not print that warning."""
+    import warnings
+
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from llama_hw.train.finetuning import apply_finetuning
+
+    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(stories260k_dir))
+    config = parse_args(PATHS + ["--finetuning_type", "lora"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        wrapped = apply_finetuning(model, config.finetuning, task="sft", gradient_checkpointing=False)
+    assert hasattr(wrapped, "peft_config")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 from llama_hw.train.arguments import ALL_LINEAR, FinetuningArguments
@@ -50,10 +51,14 @@ def apply_finetuning(model, args: FinetuningArguments, *, task: str, gradient_ch
 
     if args.finetuning_type == "qlora":
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
-    if args.lora_weight_path:
-        model = PeftModel.from_pretrained(model, args.lora_weight_path, is_trainable=True)
-    else:
-        model = get_peft_model(model, lora_config(args, task))
+    with warnings.catch_warnings():
+        # peft 0.21 reads `model.is_gradient_checkpointing`, which transformers 5 deprecated: a FutureWarning
+        # on every LoRA run about peft's code, which the user can do nothing about.
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        if args.lora_weight_path:
+            model = PeftModel.from_pretrained(model, args.lora_weight_path, is_trainable=True)
+        else:
+            model = get_peft_model(model, lora_config(args, task))
     if gradient_checkpointing:
         # With a frozen embedding nothing before the first checkpointed layer needs a gradient, and
         # reentrant checkpointing would then drop the adapters' gradients.
