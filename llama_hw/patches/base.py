@@ -67,6 +67,9 @@ class PatchContext:
     model: Any | None = None  # the transformers PreTrainedModel (a peft wrapper is unwrapped)
     model_type: str | None = None
     applied: set[str] = field(default_factory=set)  # names applied so far in this run, in order
+    # transformers.TrainingArguments of the run, when the caller has them: patches that Trainer options
+    # replace (--use_liger_kernel) read them to step aside
+    training_args: Any | None = None
 
     @property
     def config(self) -> Any | None:
@@ -135,6 +138,18 @@ class Changes:
 
     def __init__(self) -> None:
         self._undo: list[Callable[[], None]] = []
+        self.note = ""  # shown after "applied" in the report: how the patch applied, when that varies
+
+    def record_changes(self, container: Any, before: dict[str, Any]) -> None:
+        """Journal what third-party code changed in `container` since `before = dict(vars(container))`.
+
+        For libraries that patch objects themselves (Liger): their changes become revertible like ours.
+        """
+        after = vars(container)
+        for key in set(before) | set(after):
+            old, new = before.get(key, _MISSING), after.get(key, _MISSING)
+            if old is not new:
+                self._undo.append(lambda key=key, old=old: _write(container, key, old))
 
     def set(self, container: Any, key: str, value: Any) -> None:
         """Set an attribute of an object (or a key of a mapping) and remember what was there."""

@@ -10,17 +10,35 @@ weight are kept for the backward. The loss and gradients equal the stock path up
 (tests/test_bench_patches.py); a 2048-row bench-20m step got 1.2x faster, a dynamically padded SFT step
 1.8x (the head then runs on 41 % of the positions).
 
+The same code runs on every backend (CPU, CUDA, Ascend): a GEMM, amax / exp / sum / scatter_add, all
+plain torch ops. On an accelerator the saving is memory rather than time: 4 x 2048 tokens x 128,256 vocab
+(Llama-3) of fp32 logits is 4 GiB, and the stock softmax and its gradient add as much again.
+
+Sharded heads:
+- DeepSpeed ZeRO-3 gathers a parameter only while its own module runs, and the chunked pass reads the head
+  weight without calling `lm_head`. The weight is registered with `deepspeed.zero.register_external_parameter`
+  as a parameter of the model's own forward (the engine's API for a weight used outside its module), so
+  ZeRO-3 gathers it for the forward and again for the backward, and reduce-scatters its gradient as usual.
+- FSDP2 unshards the root unit (which holds the head unless the head is wrapped on its own) before the
+  model's forward, so the chunked pass sees the whole weight. A head that is its own FSDP unit stays a
+  DTensor shard here: that run takes the stock forward and says so once (a warning naming the reason).
+
 In training mode the output has no `logits` (Trainer reads only the loss). Evaluation (eval mode), calls
-without labels or with `logits_to_keep`, a custom `loss_function`, and a head weight that DeepSpeed ZeRO-3
-or FSDP has sharded run the stock forward.
+without labels or with `logits_to_keep`, a custom `loss_function`, a head with a bias, and a head weight
+that is not whole at the time of the call run the stock forward. With `--use_liger_kernel` the patch steps
+aside: Liger's fused linear cross-entropy replaces the same forward (llama_hw/patches/liger.py).
 """
 
 from __future__ import annotations
+
+import logging
 
 import torch
 import torch.nn.functional as F
 
 from llama_hw.patches.base import Changes, Patch, PatchContext
+
+logger = logging.getLogger(__name__)
 
 CHUNK_ROWS = 256  # a 256 x 32000 fp32 chunk (31 MiB) stays below glibc's mmap threshold and in cache
 IGNORE_INDEX = -100
@@ -104,15 +122,23 @@ def causal_lm_loss(
     return total / num_items_in_batch
 
 
-def head_is_whole(model) -> bool:
-    """False when ZeRO-3 or FSDP holds only a shard of the head weight (its module hooks gather it)."""
-    weight = model.lm_head.weight
-    return (
-        getattr(model.lm_head, "bias", None) is None
-        and not hasattr(weight, "ds_id")
-        and type(weight.data) is torch.Tensor  # a DTensor (FSDP2) is a subclass
-        and tuple(weight.shape) == (model.config.vocab_size, model.config.hidden_size)
-    )
+def is_zero3_param(weight) -> bool:
+    return hasattr(weight, "ds_id")  # set on every parameter DeepSpeed ZeRO-3 partitions
+
+
+def head_not_whole(model) -> str | None:
+    """Why the head weight cannot go through the chunked pass at this moment, or None when it can."""
+    head = model.lm_head
+    weight = head.weight
+    if getattr(head, "bias", None) is not None:
+        return "the head has a bias"
+    if is_zero3_param(weight) and getattr(getattr(weight, "ds_status", None), "name", "") != "AVAILABLE":
+        return "DeepSpeed ZeRO-3 has not gathered the head weight (it was partitioned after the patch)"
+    if type(weight.data) is not torch.Tensor:  # a DTensor is a subclass
+        return "the head weight is an FSDP2 DTensor shard here (the head is its own FSDP unit)"
+    if tuple(weight.shape) != (model.config.vocab_size, model.config.hidden_size):
+        return f"the head weight has shape {tuple(weight.shape)}, not (vocab, hidden)"
+    return None
 
 
 def chunked_loss_forward(stock):
@@ -121,6 +147,15 @@ def chunked_loss_forward(stock):
     The KV cache is never named here: transformers 5.24 renamed `past_key_values` to `cache` (the old name
     warns, and goes in 5.40), so whichever the caller passes travels in `kwargs` to the stock code.
     """
+
+    said: list[str] = []  # the reason this model last took the stock head, said once
+
+    def head_usable(model) -> bool:
+        reason = head_not_whole(model)
+        if reason is not None and reason not in said:
+            said.append(reason)
+            logger.warning("chunked_cross_entropy: %s; training steps take the stock head", reason)
+        return reason is None
 
     def forward(input_ids=None, attention_mask=None, position_ids=None, *, inputs_embeds=None, labels=None,
                 use_cache=None, logits_to_keep=0, **kwargs):  # fmt: skip
@@ -132,7 +167,7 @@ def chunked_loss_forward(stock):
             and isinstance(logits_to_keep, int) and logits_to_keep == 0
             and kwargs.get("return_dict", True)
             and "_loss_function" not in vars(model)  # a custom loss set on this model
-            and head_is_whole(model)
+            and head_usable(model)
         ):
             return stock(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                          inputs_embeds=inputs_embeds, labels=labels, use_cache=use_cache,
@@ -152,18 +187,58 @@ def chunked_loss_forward(stock):
     return forward
 
 
+def liger_replaces_the_head(ctx: PatchContext) -> bool:
+    """--use_liger_kernel: Trainer gives the model Liger's forward (fused linear cross-entropy) after us."""
+    args = ctx.training_args
+    if args is None or not getattr(args, "use_liger_kernel", False):
+        return False
+    config = getattr(args, "liger_kernel_config", None) or {}
+    return bool(config.get("fused_linear_cross_entropy", True))
+
+
 def check(ctx: PatchContext) -> str | None:
+    if liger_replaces_the_head(ctx):
+        return "Liger's fused linear cross-entropy is used instead (--use_liger_kernel)"
     if ctx.model is None:
         return None
     from transformers import LlamaForCausalLM
 
     if not isinstance(ctx.model, LlamaForCausalLM):
         return f"for LlamaForCausalLM; this is {type(ctx.model).__name__}"
+    if getattr(ctx.model.lm_head, "bias", None) is not None:
+        return "the head has a bias"
     return None
+
+
+def zero3_training(model) -> bool:
+    """The head weight is (or will be, when the engine starts) partitioned by DeepSpeed ZeRO-3."""
+    if is_zero3_param(model.lm_head.weight):
+        return True
+    try:
+        from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
+    except ImportError:
+        return False
+    return is_deepspeed_zero3_enabled()
+
+
+def register_head_with_zero3(model, changes: Changes) -> None:
+    """Make ZeRO-3 gather the head weight for the model's own forward and backward (engine API)."""
+    # deepspeed.zero.register_external_parameter, and its inverse that deepspeed.zero does not re-export
+    from deepspeed.runtime.zero.partition_parameters import (
+        register_external_parameter,
+        unregister_external_parameter,
+    )
+
+    weight = model.lm_head.weight
+    register_external_parameter(model, weight)
+    changes.on_undo(lambda: unregister_external_parameter(model, weight))
+    changes.note = "ZeRO-3: the head weight is gathered for the model's forward (register_external_parameter)"
 
 
 def apply(ctx: PatchContext) -> Changes:
     changes = Changes()
+    if zero3_training(ctx.model):
+        register_head_with_zero3(ctx.model, changes)
     changes.set(ctx.model, "forward", chunked_loss_forward(ctx.model.forward))
     return changes
 
@@ -173,7 +248,7 @@ PATCHES = [
         name="chunked_cross_entropy",
         summary="training loss from the hidden states in chunks, only at labelled positions (no logits tensor)",
         replaces="LlamaForCausalLM.forward of this model in training mode -> loss without logits",
-        scope="model", backends=("cpu",), model_types=("llama",), modes=("train",),
+        scope="model", model_types=("llama",), modes=("train",),
         check=check, apply=apply, order=70,
     ),
 ]  # fmt: skip

@@ -92,11 +92,14 @@ def _check_mode(mode: str) -> None:
         raise UsageError(f"unknown patch mode {mode!r}; choose one of {', '.join(MODES)}")
 
 
-def apply_patches(model: Any, backend: Backend, mode: str = "train", *, selection: str | None = None) -> PatchReport:
+def apply_patches(model: Any, backend: Backend, mode: str = "train", *, selection: str | None = None,
+                  training_args: Any | None = None) -> PatchReport:  # fmt: skip
     """Apply the patches for `backend`, `mode` and (if given) `model`; return the report.
 
     model: a transformers model or a peft model wrapping one, or None for process-level patches only.
     selection: "all" | "none" | "name,name" | "all,-name"; None reads LLAMA_HW_PATCHES (default all).
+    training_args: the run's transformers.TrainingArguments, so that patches a Trainer option replaces
+    (`--use_liger_kernel`) step aside and the option's own kernels are reported.
     A patch that fails to apply rolls back the ones this call applied, then its error propagates.
     """
     _check_mode(mode)
@@ -104,7 +107,7 @@ def apply_patches(model: Any, backend: Backend, mode: str = "train", *, selectio
     turned_off = f"turned off by {source}={text}"
     target = None if model is None else base_model(model)
     model_type = None if target is None else getattr(target.config, "model_type", None)
-    ctx = PatchContext(backend=backend, mode=mode, model=target, model_type=model_type)
+    ctx = PatchContext(backend=backend, mode=mode, model=target, model_type=model_type, training_args=training_args)
     active_for = {"process": _PROCESS_ACTIVE}
     if target is not None:
         active_for["model"] = _MODEL_ACTIVE.setdefault(target, {})
@@ -125,10 +128,10 @@ def apply_patches(model: Any, backend: Backend, mode: str = "train", *, selectio
             if reason is not None:
                 outcomes.append(PatchOutcome(patch.name, patch.scope, SKIPPED, patch.replaces, reason))
                 continue
-            active[patch.name] = patch.apply(ctx)
+            active[patch.name] = state = patch.apply(ctx)
             newly_applied.append(patch)
             ctx.applied.add(patch.name)
-            note = "" if patch.reversible else "stays for the life of the process"
+            note = getattr(state, "note", "") or ("" if patch.reversible else "stays for the life of the process")
             outcomes.append(PatchOutcome(patch.name, patch.scope, APPLIED, patch.replaces, note))
             applied.append(patch)
     except BaseException:
@@ -149,7 +152,7 @@ def _revert(applied: list[Patch], active_for: dict[str, dict[str, Any]]) -> None
 
 
 def describe_patches(backend: Backend, model_type: str | None = "llama", mode: str = "train",
-                     *, selection: str | None = None) -> list[dict[str, Any]]:  # fmt: skip
+                     *, selection: str | None = None, training_args: Any | None = None) -> list[dict[str, Any]]:  # fmt: skip
     """What `apply_patches` would do on `backend` for a `model_type` model, without a model (for `llama-hw env`).
 
     Checks that need the model itself (its dtype, head size, activation) are assumed to pass; the trainer's
@@ -158,7 +161,7 @@ def describe_patches(backend: Backend, model_type: str | None = "llama", mode: s
     _check_mode(mode)
     source, text, selected = resolve_selection(selection)
     turned_off = f"turned off by {source}={text}"
-    ctx = PatchContext(backend=backend, mode=mode, model=None, model_type=model_type)
+    ctx = PatchContext(backend=backend, mode=mode, model=None, model_type=model_type, training_args=training_args)
     described = []
     for patch in registered_patches():
         if not _serves(patch, backend, model_type is not None):
