@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
+from safetensors.torch import save_file
 
 from llama_hw.errors import UsageError
 from llama_hw.models import resolve_model_source
@@ -15,7 +17,10 @@ def adapter_folder(tmp_path, *files: str):
     folder = tmp_path / "lora"
     folder.mkdir()
     for name in files:
-        (folder / name).write_text(json.dumps({"peft_type": "LORA"}) if name.endswith(".json") else "x")
+        if name.endswith(".safetensors"):
+            save_file({"lora_A": torch.zeros(2, 2)}, folder / name)
+        else:
+            (folder / name).write_text(json.dumps({"peft_type": "LORA"}) if name.endswith(".json") else "x")
     return folder
 
 
@@ -60,3 +65,10 @@ def test_chat_and_export_resolution_refuse_an_adapter_without_weights(stories260
     (folder / "llama_hw.json").write_text(json.dumps({"template": "raw", "base_model": str(stories260k_dir)}))
     with pytest.raises(UsageError, match=f"^--model-path {folder} has adapter_config.json but no adapter weights"):
         resolve_model_source(folder)
+
+
+def test_tokenizer_comes_from_the_adapter_only_when_it_holds_one(stories260k_dir, tmp_path):
+    folder = adapter_folder(tmp_path, "adapter_config.json", "adapter_model.safetensors", "tokenizer_config.json")
+    assert resolve_model_source(stories260k_dir, folder).tokenizer_dir == stories260k_dir  # settings, no tokenizer
+    (folder / "tokenizer.json").write_text("{}")
+    assert resolve_model_source(stories260k_dir, folder).tokenizer_dir == folder

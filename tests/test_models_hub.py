@@ -16,6 +16,8 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import save_file
 
 from conftest import subprocess_env
 from llama_hw.errors import UsageError
@@ -128,7 +130,7 @@ def test_chat_and_export_resolve_a_hub_id_and_the_base_an_adapter_records(hub_ca
     adapter = tmp_path / "lora"
     adapter.mkdir()
     (adapter / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "base_model_name_or_path": REPO_ID}))
-    (adapter / "adapter_model.safetensors").write_bytes(b"")
+    save_file({"lora_A": torch.zeros(2, 2)}, adapter / "adapter_model.safetensors")
     (adapter / "llama_hw.json").write_text(json.dumps({"template": "raw", "base_model": REPO_ID}))
     source = resolve_model_source(adapter)
     assert source.base.resolve() == snapshot.resolve() and source.adapter == adapter
@@ -204,8 +206,9 @@ def fake_hub(tmp_path, monkeypatch, no_network):
 
 def test_downloads_safetensors_and_never_the_pickles_beside_them(fake_hub, tmp_path):
     calls = fake_hub(["config.json", "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors",
-                      "model.safetensors.index.json", "pytorch_model-00001-of-00002.bin", "pytorch_model.bin.index.json",
-                      "consolidated.00.pth", "tokenizer.model", "tokenizer_config.json", "README.md", "original/params.json"])
+                      "model.safetensors.index.json", "pytorch_model-00001-of-00002.bin",
+                      "pytorch_model.bin.index.json", "consolidated.00.pth", "tokenizer.model",
+                      "tokenizer_config.json", "README.md", "original/params.json"])
     resolve_model_path("org/model", flag="--model-path", cache_dir=tmp_path)
     assert calls == [["config.json", "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors",
                       "model.safetensors.index.json", "tokenizer.model", "tokenizer_config.json"]]

@@ -46,7 +46,8 @@ def error_line(command, model, tmp_path, data, capsys) -> str:
         adapter = tmp_path / "lora"
         if not adapter.exists():
             save_mismatched_adapter(adapter)  # stories260K's own shape
-        code = run_cli(export_main, ["--base", str(model), "--adapter", str(adapter), "--out", str(tmp_path / "merged")])
+        code = run_cli(export_main, ["--base", str(model), "--adapter", str(adapter),
+                                     "--out", str(tmp_path / "merged")])
     out, err = capsys.readouterr()
     assert code == 2, (out, err)
     lines = err.strip().splitlines()
@@ -157,3 +158,47 @@ def test_listed_shard_missing(stories260k_dir, dummy_conversations, tmp_path, ca
     line = error_line("train", model, tmp_path, dummy_conversations, capsys)
     assert line == (f"error: {model} lacks 1 weight file(s) that model.safetensors.index.json lists (e.g. "
                     "model-00002-of-00002.safetensors); finish the download or re-save the model with save_pretrained")
+
+
+def pickled_adapter(tmp_path, extra=None):
+    """A LoRA adapter for stories260K saved as a pickled adapter_model.bin."""
+    from safetensors.torch import load_file
+
+    adapter = save_mismatched_adapter(tmp_path / "lora")
+    state = load_file(adapter / "adapter_model.safetensors")
+    (adapter / "adapter_model.safetensors").unlink()
+    torch.save({**state, **(extra or {})}, adapter / "adapter_model.bin")
+    return adapter, state
+
+
+def chat_with_adapter(model, adapter, capsys):
+    code = run_cli(chat_main, ["--model-path", str(model), "--adapter", str(adapter), "--prompt", PROMPT,
+                               "--device", "cpu", "--template", "raw", "--max-new-tokens", "4"])
+    out, err = capsys.readouterr()
+    return code, err.strip().splitlines()
+
+
+@pytest.mark.slow  # the conversion runs in a subprocess
+def test_adapter_pickle_is_refused_and_the_in_place_conversion_works(stories260k_dir, tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    adapter, state = pickled_adapter(tmp_path, {"training_args": argparse.Namespace(lr=1e-3)})
+    code, lines = chat_with_adapter(stories260k_dir, adapter, capsys)
+    assert code == 2 and len(lines) == 1, lines
+    assert lines[0].startswith(f"error: {adapter / 'adapter_model.bin'} is a pickle checkpoint holding objects "
+                               "other than tensors (argparse.Namespace)")
+    assert "weights_only=False" not in lines[0]
+    command = lines[0].split("convert it to safetensors once: ", 1)[1].rsplit(" (it adds", 1)[0]
+    converted = subprocess.run(command, shell=True, env=subprocess_env(), capture_output=True, text=True)
+    assert converted.returncode == 0, converted.stderr
+    saved = load_file(adapter / "adapter_model.safetensors")
+    assert saved.keys() == state.keys() and all(torch.equal(saved[name], state[name]) for name in state)
+    assert chat_with_adapter(stories260k_dir, adapter, capsys)[0] == 0
+
+
+def test_truncated_adapter_weights_are_named(stories260k_dir, tmp_path, capsys):
+    adapter = save_mismatched_adapter(tmp_path / "lora")
+    weights = adapter / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-10])
+    code, lines = chat_with_adapter(stories260k_dir, adapter, capsys)
+    assert code == 2 and len(lines) == 1 and lines[0].startswith(f"error: {weights} is truncated: "), lines

@@ -87,7 +87,8 @@ def describe_bad_safetensors(file: Path, detail: str) -> str:
     if expected is not None and size < expected:
         return (f"{file} is truncated: {size} of the {expected} bytes its header describes (an interrupted "
                 f"download or save); {REDOWNLOAD}")
-    return f"{file} is not a valid safetensors file ({detail.removeprefix('Error while deserializing header: ')}); {REDOWNLOAD}"
+    why = detail.removeprefix("Error while deserializing header: ")
+    return f"{file} is not a valid safetensors file ({why}); {REDOWNLOAD}"
 
 
 def promised_size(file: Path) -> int | None:
@@ -138,21 +139,41 @@ def refused_pickle_message(folder: Path, detail: str) -> str:
     found = UNSUPPORTED_GLOBAL.search(detail)
     needs = found.group(1) if found else None
     what = f"objects other than tensors ({needs})" if needs else "objects other than tensors"
-    command = conversion_command(folder, needs)
+    if (folder / "adapter_config.json").is_file():
+        advice = f"{adapter_conversion_command(folder, needs)} (it adds adapter_model.safetensors, which is read first)"
+    else:
+        advice = f"{conversion_command(folder, needs)} and give {folder}-safetensors instead"
     return (f"{files} is a pickle checkpoint holding {what}, and llama_hw unpickles only tensors because anything "
-            f"else can run code; if you trust its source, convert it to safetensors once: {command} "
-            f"and give {folder}-safetensors instead")
+            f"else can run code; if you trust its source, convert it to safetensors once: {advice}")
+
+
+def _allow(needs: str | None) -> str:
+    """torch's documented way to accept one named class in a weights-only load (torch.serialization)."""
+    if not needs or "." not in needs:
+        return ""
+    return f"import {needs.split('.')[0]}; torch.serialization.add_safe_globals([{needs}]); "
 
 
 def conversion_command(folder: Path, needs: str | None) -> str:
-    """A one-line conversion that allows exactly the one class the pickle needs (torch's add_safe_globals),
-    saves safetensors beside the folder and copies the tokenizer and llama_hw.json over."""
+    """A one-line conversion that allows exactly the one class the pickle needs, saves safetensors beside
+    the folder with save_pretrained (which handles shards and tied weights) and copies the tokenizer over."""
     source, target = repr(str(folder)), repr(f"{folder}-safetensors")
-    allow = f"import {needs.split('.')[0]}; torch.serialization.add_safe_globals([{needs}]); " if needs and "." in needs else ""
     code = (
-        f"import glob, os, shutil, torch; {allow}from transformers import AutoModelForCausalLM as M; "
+        f"import glob, os, shutil, torch; {_allow(needs)}from transformers import AutoModelForCausalLM as M; "
         f"M.from_pretrained({source}).save_pretrained({target}); "
         f"[shutil.copy(f, {target}) for p in ('tokenizer*', 'special_tokens_map.json', 'added_tokens.json', "
         f"'llama_hw.json') for f in glob.glob(os.path.join({source}, p))]"
+    )
+    return f"python -c {shlex.quote(code)}"
+
+
+def adapter_conversion_command(folder: Path, needs: str | None) -> str:
+    """The same for a LoRA adapter: its tensors saved as adapter_model.safetensors in the folder."""
+    source, target = repr(str(folder / "adapter_model.bin")), repr(str(folder / "adapter_model.safetensors"))
+    code = (
+        f"import torch; {_allow(needs)}from safetensors.torch import save_file; "
+        f"s = torch.load({source}, weights_only=True); "
+        f"save_file({{k: v.contiguous() for k, v in s.items() if isinstance(v, torch.Tensor)}}, {target}, "
+        "metadata={'format': 'pt'})"
     )
     return f"python -c {shlex.quote(code)}"

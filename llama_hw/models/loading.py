@@ -24,7 +24,8 @@ ADAPTER_CONFIG = "adapter_config.json"
 # peft's own file names (peft.utils.SAFETENSORS_WEIGHTS_NAME / WEIGHTS_NAME): when neither is in the folder,
 # peft takes the folder's path for a Hub repo id and goes to the network.
 ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
-TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json")
+# A saved tokenizer has one of these (tokenizer_config.json alone is settings, not a tokenizer).
+TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json")
 # Share of each device's free memory a multi-device placement may fill: the rest is left for the KV
 # cache and activations that grow during generation (FastChat keeps 15% back for the same reason).
 DEVICE_MEMORY_FRACTION = 0.9
@@ -114,6 +115,8 @@ def resolve_model_source(model_path: str | os.PathLike, adapter: str | os.PathLi
         if adapter_dir is not None:
             check_adapter_dir(adapter_dir)
     check_checkpoint(model_dir)
+    if adapter_dir is not None:
+        check_checkpoint(adapter_dir)
     metadata = read_run_metadata(model_dir)
     if adapter_dir is not None:
         metadata = {**metadata, **read_run_metadata(adapter_dir)}
@@ -163,7 +166,8 @@ def apply_adapter(model, adapter: Path, merge: bool):
 
     check_adapter_dir(adapter)
     try:
-        peft_model = PeftModel.from_pretrained(model, str(adapter), is_trainable=False)
+        with loading_errors(adapter):
+            peft_model = PeftModel.from_pretrained(model, str(adapter), is_trainable=False)
     except (RuntimeError, ValueError, KeyError) as err:
         lines = [line.strip() for line in str(err).splitlines() if line.strip()] or [type(err).__name__]
         detail = next((line for line in lines if "mismatch" in line), lines[0])  # the size, not the preamble
@@ -172,7 +176,8 @@ def apply_adapter(model, adapter: Path, merge: bool):
             "was trained on as --model-path"
         ) from err
     # peft loads with strict=False: weights for layers the base does not have are dropped silently.
-    saved = set(load_peft_weights(str(adapter), device="cpu"))
+    with loading_errors(adapter):
+        saved = set(load_peft_weights(str(adapter), device="cpu"))
     expected = set(get_peft_model_state_dict(peft_model))
     if saved != expected:
         stray = sorted(saved - expected) or sorted(expected - saved)
