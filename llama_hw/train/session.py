@@ -10,6 +10,7 @@ The launcher and the benchmark build on `build_session` (extra Trainer callbacks
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -120,8 +121,6 @@ class TrainingSession:
     def resumed_step(self) -> int:
         if self.resume_from is None:
             return 0
-        import json
-
         return int(json.loads((self.resume_from / "trainer_state.json").read_text()).get("global_step", 0))
 
     def train(self):
