@@ -285,3 +285,23 @@ def test_lora_setup_causes_no_deprecation_warning(stories260k_dir):
         warnings.simplefilter("error", FutureWarning)
         wrapped = apply_finetuning(model, config.finetuning, task="sft", gradient_checkpointing=False)
     assert hasattr(wrapped, "peft_config")
+
+
+def test_a_damaged_checkpoint_without_an_intact_one_before_it_stops_the_run(tmp_path):
+    from llama_hw.train.checkpointing import checkpoint_damage
+
+    for step in (10, 20):
+        checkpoint = tmp_path / f"checkpoint-{step}"
+        checkpoint.mkdir()
+        (checkpoint / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+        mark_complete(checkpoint, step, 1)
+    (tmp_path / "checkpoint-10" / "trainer_state.json").write_text('{"global_step": 1')  # cut short
+    (tmp_path / "checkpoint-20" / "optimizer.pt").write_bytes(b"PK\x03\x04 not the whole archive")
+    assert checkpoint_damage(tmp_path / "checkpoint-20").startswith("optimizer.pt: unreadable (BadZipFile")
+    assert checkpoint_damage(tmp_path / "checkpoint-10").startswith("trainer_state.json: unreadable")
+    with pytest.raises(UsageError, match=r"checkpoint-20 is damaged \(optimizer.pt: .*no earlier checkpoint is "
+                                         r"whole; pass --resume_from_checkpoint"):
+        resolve_resume(None, tmp_path, overwrite=False)
+    with pytest.raises(UsageError, match=r"--resume_from_checkpoint \S+checkpoint-10 is damaged"):
+        resolve_resume(str(tmp_path / "checkpoint-10"), tmp_path, overwrite=False)
+    assert resolve_resume("False", tmp_path, overwrite=False) is None  # starting over stays possible
