@@ -22,8 +22,9 @@ RECIPE = "llama_hw.launch.recipe"
 @pytest.fixture(autouse=True)
 def clean_launch_env(monkeypatch):
     """The tests describe their environment themselves: nothing from the caller's shell or Slurm."""
-    for name in ("LLAMA_HW_DEVICE", "MASTER_ADDR", "MASTER_PORT", "OMP_NUM_THREADS", "SLURM_NNODES",
-                 "SLURM_NODEID", "SLURM_JOB_NODELIST", "SLURM_NODELIST", "SLURM_JOB_ID"):
+    # DS_ACCELERATOR too: in-process training tests set it for the whole pytest process.
+    for name in ("LLAMA_HW_DEVICE", "DS_ACCELERATOR", "MASTER_ADDR", "MASTER_PORT", "OMP_NUM_THREADS",
+                 "SLURM_NNODES", "SLURM_NODEID", "SLURM_JOB_NODELIST", "SLURM_NODELIST", "SLURM_JOB_ID"):
         monkeypatch.delenv(name, raising=False)
 
 
