@@ -63,4 +63,4 @@ def configure_logging(log_level: str | None = None, log_level_replica: str | Non
     handler.setFormatter(UserFormatter())
     package_logger.addHandler(handler)
     package_logger.setLevel(level_for_this_process(log_level, log_level_replica))
-    package_logger.propagate = False  # printed once, not again by a root handler
+    # propagation stays on: an application's (or pytest's) root handlers still see llama_hw's records
