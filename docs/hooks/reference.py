@@ -26,6 +26,8 @@ def _cell(text: str) -> str:
 
 
 def _default(action: argparse.Action) -> str:
+    if action.required:
+        return "required"
     if action.default in (None, argparse.SUPPRESS) or isinstance(action, argparse._HelpAction):
         return ""
     if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
