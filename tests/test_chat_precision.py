@@ -67,3 +67,9 @@ def test_bad_flags_give_one_line(argv, fragment, capsys):
     assert run_cli(recipe.main, argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and fragment in err and err.count("\n") == 1, err
+
+
+def test_help_states_the_rule_the_code_follows():
+    help_text = recipe.build_parser().format_help().replace("\n", " ")
+    assert "fp32 on CPUs, also on those that run bf16 natively" in " ".join(help_text.split())
+    assert get_backend("cpu").default_precision() == "fp32"
