@@ -155,8 +155,9 @@ class ChunkDataset(torch.utils.data.Dataset):
         labels = ids.clone()
         item = {"input_ids": ids, "labels": labels}
         if self.isolate:
-            starts = self.tokens.starts
-            inside = starts[(starts > begin) & (starts < end)] - begin  # documents beginning inside the row
+            starts = self.tokens.starts  # sorted: two binary searches, not a pass over every document
+            first, last = np.searchsorted(starts, begin, side="right"), np.searchsorted(starts, end, side="left")
+            inside = starts[first:last] - begin  # documents beginning inside the row
             boundaries = np.concatenate([[0], inside, [end - begin]])
             positions = np.concatenate([np.arange(b - a) for a, b in zip(boundaries[:-1], boundaries[1:])])
             labels[torch.from_numpy(inside.astype(np.int64))] = IGNORE_INDEX
