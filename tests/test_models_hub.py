@@ -22,7 +22,7 @@ from safetensors.torch import save_file
 from conftest import subprocess_env
 from llama_hw.errors import UsageError
 from llama_hw.models import resolve_model_source
-from llama_hw.models.hub import looks_like_hub_id, resolve_model_path
+from llama_hw.models.hub import looks_like_hub_id, model_reference, resolve_model_path
 from llama_hw.train.model import check_model_dir
 
 REPO_ID = "llama-hw-test/stories260K"
@@ -225,3 +225,12 @@ def test_config_only_for_tools_that_read_the_shape(fake_hub, tmp_path):
     calls = fake_hub(["config.json", "model.safetensors", "tokenizer.json"])
     resolve_model_path("org/model", flag="--model", cache_dir=tmp_path, weights=False)
     assert calls == [["config.json", "tokenizer.json"]]
+
+
+def test_a_run_records_the_hub_id_not_this_machines_snapshot(hub_cache, stories260k_dir, tmp_path, monkeypatch):
+    snapshot = build_hub_cache(hub_cache, REPO_ID, stories260k_dir)
+    assert model_reference(REPO_ID, resolve_model_path(REPO_ID, flag="--model-path")) == REPO_ID
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models" / "tiny").mkdir(parents=True)
+    assert model_reference("models/tiny", Path("models/tiny")) == str(tmp_path / "models" / "tiny")
+    assert model_reference(str(snapshot), snapshot) == str(snapshot.resolve())

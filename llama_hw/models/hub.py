@@ -77,6 +77,15 @@ def resolve_model_path(name_or_path: str | os.PathLike, *, flag: str,
     return Path(_snapshot(text, flag, cache))
 
 
+def model_reference(name_or_path: str | os.PathLike, resolved: str | os.PathLike) -> str:
+    """What a run records as its base model: the Hub id the user gave (which resolves on any machine through
+    its own cache, unlike this machine's snapshot path), else the absolute local folder."""
+    text = os.fspath(name_or_path)
+    if not Path(text).expanduser().exists() and looks_like_hub_id(text):
+        return text
+    return str(Path(resolved).resolve())
+
+
 def _snapshot(repo_id: str, flag: str, cache: Path) -> str:
     """The snapshot folder of `repo_id`: safetensors weights when the repository has them, else its .bin."""
     folder = _download(repo_id, flag, cache, SUPPORT_FILES + SAFETENSORS_WEIGHTS)
