@@ -1,7 +1,8 @@
-"""Fixtures shared by the whole suite: the `../shared` data and the fake torch_npu."""
+"""Fixtures shared by the whole suite: the `../shared` data, the fake torch_npu and the real accelerator."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -13,6 +14,46 @@ from llama_hw.utils.shared import SHARED_ENV, shared_root
 
 REPO = Path(__file__).resolve().parents[1]
 FAKES = Path(__file__).resolve().parent / "fakes"
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers",
+        "device: needs a real CUDA GPU or Ascend NPU (the device check kit, benchmarks/device_check.sh); "
+        "skipped with the reason elsewhere",
+    )
+
+
+def real_accelerator() -> tuple[str | None, str]:
+    """(backend name, "") for the first real CUDA / Ascend device here, else (None, why there is none).
+
+    The fake torch_npu of these tests never counts: a torch_npu found under tests/fakes is skipped.
+    """
+    from llama_hw.backends import get_backend
+
+    reasons = []
+    for name in ("npu", "cuda"):
+        if name == "npu":
+            spec = importlib.util.find_spec("torch_npu")
+            if spec is None or (spec.origin and Path(spec.origin).resolve().is_relative_to(FAKES)):
+                reasons.append("npu: torch_npu is not installed")
+                continue
+        status = get_backend(name).availability()
+        if status.available:
+            return name, ""
+        reasons.append(f"{name}: {status.reason.split('. ')[0]}")
+    return None, "needs a CUDA GPU or an Ascend NPU (" + "; ".join(reasons) + ")"
+
+
+@pytest.fixture(scope="session")
+def device_backend():
+    """The real accelerator's Backend for the `device` tests; skips them, with the reason, on a host without one."""
+    name, reason = real_accelerator()
+    if name is None:
+        pytest.skip(reason)
+    from llama_hw.backends import get_backend
+
+    return get_backend(name)
 
 
 @pytest.fixture(scope="session")
