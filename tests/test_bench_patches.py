@@ -1,4 +1,4 @@
-"""The CPU training patches added for the benchmark targets: chunked cross-entropy and per-sequence attention.
+"""The training patches added for the benchmark targets: chunked cross-entropy (every backend) and per-sequence attention.
 
 Each must give the stock model's loss and gradients (fp32 rounding apart) for every batch layout the
 pipeline makes, and step aside where it does not apply.
@@ -124,7 +124,7 @@ def test_the_patched_model_continues_from_a_kv_cache_passed_under_this_transform
     report.revert()
 
 
-def test_the_patches_serve_training_on_cpu_only(stock):
+def test_the_training_patches_stay_out_of_inference(stock):
     model = copy.deepcopy(stock)
     report = apply_patches(model, CpuBackend(), "infer")
     assert "chunked_cross_entropy" not in report.applied and "varlen_attention" not in report.applied
