@@ -234,3 +234,46 @@ def test_a_run_records_the_hub_id_not_this_machines_snapshot(hub_cache, stories2
     (tmp_path / "models" / "tiny").mkdir(parents=True)
     assert model_reference("models/tiny", Path("models/tiny")) == str(tmp_path / "models" / "tiny")
     assert model_reference(str(snapshot), snapshot) == str(snapshot.resolve())
+
+
+def hub_response(status: int):
+    import httpx2  # the HTTP client huggingface_hub's errors carry
+
+    return httpx2.Response(status, request=httpx2.Request("GET", "https://huggingface.co/api/models/org/model"))
+
+
+def hub_failures():
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        IncompleteSnapshotError,
+        RepositoryNotFoundError,
+    )
+
+    return [
+        (RepositoryNotFoundError("404 Client Error.", response=hub_response(404)),
+         "it was not found on the Hub (and the cache {cache} has no copy); check the spelling, or log in"),
+        (GatedRepoError("403 Client Error.", response=hub_response(403)),
+         "it is a gated model this machine has no access to; accept its terms on https://huggingface.co/org/model"),
+        (IncompleteSnapshotError("2 file(s) are missing", snapshot_path="x"),
+         "its snapshot in the cache {cache} is incomplete and the Hub cannot be reached; finish the download"),
+        (HfHubHTTPError("503 Server Error: Service Unavailable", response=hub_response(503)),
+         "the Hub refused the download (503 Server Error: Service Unavailable); try again later"),
+        (OSError(28, "No space left on device"),
+         "it cannot be stored in the cache {cache} (No space left on device); set HF_HUB_CACHE to a writable folder"),
+    ]
+
+
+@pytest.mark.parametrize("index", range(5), ids=["not-found", "gated", "incomplete", "server-error", "disk-full"])
+def test_each_hub_failure_is_one_line_with_its_fix(index, tmp_path, monkeypatch, no_network):
+    failure, says = hub_failures()[index]
+
+    def snapshot_download(*args, **kwargs):
+        raise failure
+
+    monkeypatch.setattr("huggingface_hub.snapshot_download", snapshot_download)
+    with pytest.raises(UsageError) as caught:
+        resolve_model_path("org/model", flag="--base", cache_dir=tmp_path)
+    message = str(caught.value)
+    assert message.startswith("--base org/model is not a local directory, and as a Hugging Face Hub id ")
+    assert says.replace("{cache}", str(tmp_path)) in message and "\n" not in message
