@@ -8,12 +8,34 @@ tokens, and move q/k/v between the padded [B, N, S, D] layout and the packed [T,
 
 from __future__ import annotations
 
+import weakref
+
 import torch
+
+
+_last_lengths: list = [None, None, None]  # (weak reference to the boundary tensor, its key, the lengths)
 
 
 def packed_lengths(kwargs: dict, batch: int, length: int) -> list[int] | None:
     """Document lengths of packed rows over the flattened [batch * length] tokens: from `cu_seq_lens_q`, else
-    where `position_ids` restart; None when the rows are not packed (one sequence per row)."""
+    where `position_ids` restart; None when the rows are not packed (one sequence per row).
+
+    Every layer of one forward asks with the same tensor: the answer is kept for it, so that an accelerator
+    waits for the lengths on the host once per forward, not once per layer."""
+    source = kwargs.get("cu_seq_lens_q")
+    source = source if source is not None else kwargs.get("position_ids")
+    if source is None:
+        return None
+    key = (source._version, batch, length, kwargs.get("cu_seq_lens_k") is not None)
+    holder, last_key, lengths = _last_lengths
+    if holder is not None and holder() is source and last_key == key:
+        return lengths
+    lengths = _packed_lengths(kwargs, batch, length)
+    _last_lengths[:] = [weakref.ref(source), key, lengths]
+    return lengths
+
+
+def _packed_lengths(kwargs: dict, batch: int, length: int) -> list[int] | None:
     boundaries = kwargs.get("cu_seq_lens_q")
     if boundaries is not None and kwargs.get("cu_seq_lens_k") is not None:
         if not torch.equal(boundaries, kwargs["cu_seq_lens_k"]):

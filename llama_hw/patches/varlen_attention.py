@@ -1,20 +1,29 @@
-"""Variable-length attention on CPU: each sequence attends only within itself, padding is never computed.
+"""Variable-length attention on CPU and CUDA: each sequence attends only within itself, padding is never computed.
 
-With a padding mask or packed rows, PyTorch's CPU sdpa kernel gets a dense [batch, 1, T, T] mask and
-computes every query/key pair of the row: a 2048-token packed row of nine conversations costs as much
-as one 2048-token conversation, and a padded row as much as if it were all text. Here the attention of a
-batch is split into its sequences — per row for padded batches (the attended block of the 2D mask),
-per conversation for packed rows (`cu_seq_lens_q` from llama_hw's packed collator, else the restarts of
-`position_ids`) — and each runs through transformers' own sdpa with `is_causal`; padding outputs are zero
-(nothing reads them: their labels are -100). Measured on bench-20m, packed alpaca rows: step 1.4x faster.
-The results equal masked sdpa up to fp32 rounding (tests/test_bench_patches.py). A mask with holes, a KV
-cache (query shorter than keys) or a 4D mask run stock sdpa with the dense mask.
+With a padding mask or packed rows, PyTorch's sdpa gets a dense [batch, 1, T, T] mask and computes every
+query/key pair of the row: a 2048-token packed row of nine conversations costs as much as one 2048-token
+conversation, and a padded row as much as if it were all text. Here the attention of a batch is split into
+its sequences — per row for padded batches (the attended block of the 2D mask), per conversation for packed
+rows (`cu_seq_lens_q` from llama_hw's packed collator, else the restarts of `position_ids`) — and each runs
+through transformers' own sdpa with `is_causal`; padding outputs are zero (nothing reads them: their labels
+are -100). Measured on bench-20m, packed alpaca rows: step 1.4x faster on CPU. The results equal masked
+sdpa up to fp32 rounding (tests/test_bench_patches.py, tests/test_patches_varlen_cuda.py). A mask with
+holes, a KV cache (query shorter than keys) or a 4D mask run stock sdpa with the dense mask.
 
 Splitting a padded batch costs one kernel call per sequence, which only pays when it skips enough
 query/key pairs: for many short rows (the embedded demo: 32 rows of about 60 tokens) the calls cost more
-than the padding (measured: the demo's training took 57 s split, 45 s dense). A padded batch is split only
-when the pairs it skips outweigh CALL_COST per call; a padded batch without padding runs as one causal
+than the padding (measured: the demo's training took 57 s split, 45 s dense). On CPU a padded batch is split
+only when the pairs it skips outweigh CALL_COST per call; a padded batch without padding runs as one causal
 call. Packed rows are always split: without a mask their conversations would see each other.
+
+CUDA without flash-attn (with it, flash_attention_2 runs packed and padded rows varlen itself): packed rows
+run per document here. Per-document sdpa was picked over FlexAttention (transformers' `flex_attention`, a
+document-causal BlockMask) by measurement on this project's CPU, the only device at hand: attention of one
+packed 2048-token row of 8 documents, 8 heads x 64, fp32, one thread, forward, median of 15 interleaved
+calls: compiled FlexAttention 0.168 s, per-document sdpa 0.101 s (1.66x), dense masked sdpa 0.661 s
+(load average 11.5 on 2 cores: ratios only); FlexAttention has no backward on CPU at all ("FlexAttention
+does not support backward on CPU"), so it cannot train there. Padded batches on CUDA keep one dense masked
+call: CALL_COST is a CPU measurement and the CUDA launch cost against pair cost is not measured yet.
 
 The mask builder registered with it is transformers' flash-attention one: it hands over the 2D padding
 mask (or None) instead of building the dense 4D mask first.
@@ -58,8 +67,11 @@ def padded_rows(mask: torch.Tensor) -> tuple[list[int], list[bool]] | None:
     return sizes, attended
 
 
-def splitting_pays(sizes: list[int], attended: list[bool], batch: int, length: int, heads: int, head_dim: int) -> bool:
-    """Whether per-sequence calls beat one dense masked call for a padded batch (see CALL_COST)."""
+def splitting_pays(sizes: list[int], attended: list[bool], batch: int, length: int, heads: int, head_dim: int,
+                   device_type: str = "cpu") -> bool:  # fmt: skip
+    """Whether per-sequence calls beat one dense masked call for a padded batch (see CALL_COST; CPU only)."""
+    if device_type != "cpu":
+        return False
     skipped_pairs = batch * length * length - sum(size * size for size, real in zip(sizes, attended) if real)
     return skipped_pairs * heads * head_dim > CALL_COST * sum(attended)
 
@@ -83,7 +95,7 @@ def varlen_sdpa(module, query, key, value, attention_mask, dropout: float = 0.0,
             if plan is not None and all(plan[1]):  # no padding: one causal call, no mask
                 return sdpa_attention_forward(module, query, key, value, None, dropout=dropout, scaling=scaling,
                                               **kwargs)  # fmt: skip
-            if plan is not None and not splitting_pays(*plan, batch, length, heads, head_dim):
+            if plan is not None and not splitting_pays(*plan, batch, length, heads, head_dim, query.device.type):
                 plan = None
     if plan is None:  # stock sdpa on the dense mask
         offset = key.shape[2] - length
@@ -111,6 +123,8 @@ def varlen_sdpa(module, query, key, value, attention_mask, dropout: float = 0.0,
 
 
 def check(ctx: PatchContext) -> str | None:
+    if "flash_attention_2" in ctx.applied:
+        return "flash_attention_2 runs packed and padded rows varlen itself (cu_seq_lens / position_ids)"
     if "sdpa_attention" not in ctx.applied:
         return "needs sdpa_attention (it builds on transformers' sdpa)"
     return None
@@ -128,8 +142,9 @@ PATCHES = [
         name="varlen_attention",
         summary="attention per sequence (padded rows, packed conversations): padding and cross-sequence pairs "
         "are never computed",
-        replaces=f"model attention implementation -> {NAME} (transformers' sdpa per sequence)",
-        scope="model", backends=("cpu",), model_types=("llama",), modes=("train",),
+        replaces=f"model attention implementation -> {NAME} (packed rows varlen: transformers' sdpa per document; "
+        "padded rows varlen on CPU where splitting pays, else dense rows)",
+        scope="model", backends=("cpu", "cuda"), model_types=("llama",), modes=("train",),
         check=check, apply=apply, order=46,
     ),
 ]  # fmt: skip
