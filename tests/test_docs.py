@@ -169,6 +169,13 @@ def test_reference_lists_every_flag(command):
                     assert f"`{flag}`" in page, f"reference for {command} misses {flag}"
 
 
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_every_command_has_a_generated_reference_page(command):
+    page = DOCS / "reference" / f"{command}.md"
+    assert page.is_file(), f"add docs/reference/{command}.md with the line <!-- flags: {command} --> (and a nav entry)"
+    assert f"<!-- flags: {command} -->" in page.read_text()
+
+
 def test_reference_puts_llama_hw_trainer_flags_before_transformers():
     page = reference.render("train")
     assert page.index("`--finetuning_type`") < page.index("`--learning_rate`")
