@@ -182,3 +182,20 @@ def test_the_report_says_which_rows_run_varlen(npu, gqa_model):
     finally:
         report.revert()
     assert "varlen: TND per document" in line and "dense rows: BNSD" in line
+
+
+def test_packed_rows_under_inference_mode(npu, gqa_model):
+    """Inference tensors have no version counter: the per-forward reuse of the lengths must not need one."""
+    calls, _ = npu
+    model = fresh_copy(gqa_model).eval()
+    inputs, _ = packed_inputs(model.config.vocab_size, with_boundaries=False)
+    with torch.no_grad():
+        reference = model(input_ids=inputs["input_ids"], position_ids=inputs["position_ids"], use_cache=False).logits
+    report = apply_patches(model, NpuBackend(), "infer")
+    try:
+        with torch.inference_mode():
+            patched = model(input_ids=inputs["input_ids"], position_ids=inputs["position_ids"], use_cache=False).logits
+    finally:
+        report.revert()
+    torch.testing.assert_close(patched, reference, rtol=1e-5, atol=1e-5)
+    assert calls["TND sparse_mode=3"] == model.config.num_hidden_layers

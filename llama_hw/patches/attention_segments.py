@@ -26,6 +26,8 @@ def packed_lengths(kwargs: dict, batch: int, length: int) -> list[int] | None:
     source = source if source is not None else kwargs.get("position_ids")
     if source is None:
         return None
+    if source.is_inference():  # no version counter to tell an in-place change: computed each time
+        return _packed_lengths(kwargs, batch, length)
     key = (source._version, batch, length, kwargs.get("cu_seq_lens_k") is not None)
     holder, last_key, lengths = _last_lengths
     if holder is not None and holder() is source and last_key == key:
