@@ -1,13 +1,16 @@
-"""The CPU measurements checked in under benchmarks/results/: bench-20m on real conversations, every padding
-strategy, with and without llama_hw's runtime patches, plus full 2048-token rows for MFU.
+"""The CPU results of benchmarks/README.md, regenerated on the machine at hand by one command.
 
-Each configuration runs `--repeats` times (README tables show the medians, `bench compare` groups runs by
-name). On a shared machine a run starts only once the 1-minute load average is below `--max-load`; the
-load at the start and end of every run is kept in its record (`host.load_average_1m_at_*`). The fp32 GEMM
-peak that MFU divides by is probed first, on the quiet machine (the best of 5 probes of the CPU backend's
-own GEMM probe), and handed to every run as LLAMA_HW_PEAK_TFLOPS; it is written to `--peak-file`.
+bench-20m on real conversations (alpaca demo and FastChat's dummy ShareGPT set), every padding strategy,
+with and without llama_hw's runtime patches, plus full 2048-token rows for MFU. Each configuration runs
+`--repeats` times; `bench run` measures each until its median rate is known to +-5 % (at most
+`--time-limit` seconds of measuring). A run starts once the 1-minute load average is below `--max-load`,
+or after waiting `--max-wait` seconds — then it runs anyway and the load is in its record and the table:
+figures measured on a busy machine say so. The fp32 GEMM peak that MFU divides by is probed first (the
+best of 5 probes of the CPU backend's own GEMM probe, each with its load average) and handed to every run
+as LLAMA_HW_PEAK_TFLOPS; it is written to `--peak-file`. Finally the markdown table (machine, peak, load
+per configuration, `bench compare`'s columns) is written to `--table` for the README.
 
-    python benchmarks/run_cpu.py [--repeats 3] [--max-load 1.5] [--only NAME ...] [--output F.jsonl]
+    python benchmarks/run_cpu.py [--repeats 3] [--max-load 1.0] [--only NAME ...] [--output F.jsonl] [--table F.md]
 """
 
 from __future__ import annotations
@@ -15,9 +18,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
+import statistics
 import subprocess
 import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 from llama_hw.utils.shared import shared_path
@@ -29,29 +35,28 @@ TOKENIZER = str(shared_path("data", "tokenizers", "llama2"))
 MODEL = ["--model", "bench-20m", "--seq-len", "2048", "--micro-batch", "4", "--precision", "fp32", "--device", "cpu"]
 ON_ALPACA = [*MODEL, "--data_path", ALPACA, "--template", "vicuna_v1.1", "--tokenizer", TOKENIZER]
 ON_SHAREGPT = [*MODEL, "--data_path", SHAREGPT, "--template", "vicuna_v1.1", "--tokenizer", TOKENIZER]
+FEW = ["--min-steps", "6"]  # configurations of several seconds a step
 
-# name -> flags; steps are sized so that each run measures about half a minute of training.
+# name -> flags; the step count is bench run's own (until the median is stable, within --time-limit)
 RUNS = {
-    "alpaca max, no patches (FastChat-style)": [*ON_ALPACA, "--padding", "max", "--patches", "none",
-                                                 "--warmup", "1", "--steps", "6"],
-    "alpaca max": [*ON_ALPACA, "--padding", "max", "--warmup", "2", "--steps", "12"],
-    "alpaca dynamic, no patches": [*ON_ALPACA, "--padding", "dynamic", "--patches", "none",
-                                   "--warmup", "3", "--steps", "30"],
-    "alpaca dynamic (default)": [*ON_ALPACA, "--padding", "dynamic", "--warmup", "3", "--steps", "40"],
-    "alpaca packed, no patches": [*ON_ALPACA, "--padding", "packed", "--patches", "none",
-                                  "--warmup", "1", "--steps", "6"],
-    "alpaca packed": [*ON_ALPACA, "--padding", "packed", "--warmup", "2", "--steps", "12"],
+    "alpaca max, no patches (FastChat-style)": [*ON_ALPACA, "--padding", "max", "--patches", "none", "--warmup", "1",
+                                                 *FEW],
+    "alpaca max": [*ON_ALPACA, "--padding", "max", "--warmup", "2"],
+    "alpaca dynamic, no patches": [*ON_ALPACA, "--padding", "dynamic", "--patches", "none", "--warmup", "3"],
+    "alpaca dynamic (default)": [*ON_ALPACA, "--padding", "dynamic", "--warmup", "3"],
+    "alpaca packed, no patches": [*ON_ALPACA, "--padding", "packed", "--patches", "none", "--warmup", "1", *FEW],
+    "alpaca packed": [*ON_ALPACA, "--padding", "packed", "--warmup", "2"],
     "sharegpt max, no patches (FastChat-style)": [*ON_SHAREGPT, "--padding", "max", "--patches", "none",
-                                                   "--warmup", "1", "--steps", "6"],
-    "sharegpt dynamic (default)": [*ON_SHAREGPT, "--padding", "dynamic", "--warmup", "3", "--steps", "40"],
-    "sharegpt packed": [*ON_SHAREGPT, "--padding", "packed", "--warmup", "2", "--steps", "8"],
-    "full 2048-token rows (MFU)": [*MODEL, "--warmup", "2", "--steps", "8"],
-    "full 2048-token rows, no patches": [*MODEL, "--patches", "none", "--warmup", "2", "--steps", "8"],
+                                                   "--warmup", "1", *FEW],
+    "sharegpt dynamic (default)": [*ON_SHAREGPT, "--padding", "dynamic", "--warmup", "3"],
+    "sharegpt packed": [*ON_SHAREGPT, "--padding", "packed", "--warmup", "2"],
+    "full 2048-token rows (MFU)": [*MODEL, "--warmup", "2"],
+    "full 2048-token rows, no patches": [*MODEL, "--patches", "none", "--warmup", "2"],
 }
 
 
 def wait_for_quiet(max_load: float, poll_s: float = 15.0, give_up_s: float = 3600.0) -> float:
-    """Block until the 1-minute load average is below `max_load`; returns it."""
+    """Block until the 1-minute load average is below `max_load` or `give_up_s` passed; returns the load."""
     waited = 0.0
     while (load := os.getloadavg()[0]) >= max_load and waited < give_up_s:
         print(f"  load {load:.2f} >= {max_load}: waiting", file=sys.stderr, flush=True)
@@ -60,41 +65,111 @@ def wait_for_quiet(max_load: float, poll_s: float = 15.0, give_up_s: float = 360
     return load
 
 
-def quiet_peak_tflops(max_load: float, probes: int = 5) -> list[float]:
-    """The CPU backend's fp32 GEMM probe, `probes` times on a quiet machine (a cached probe may have run busy)."""
+def probe_peak(max_load: float, max_wait: float, probes: int = 5) -> dict:
+    """The CPU backend's fp32 GEMM probe `probes` times (best of 3 repeats each), with the load before each."""
     import torch
 
-    from llama_hw.backends.cpu import measure_gemm_tflops
+    from llama_hw.backends.cpu import PROBE_REPEATS, measure_gemm_tflops
 
-    wait_for_quiet(max_load)
-    return [round(measure_gemm_tflops(torch.float32), 4) for _ in range(probes)]
+    wait_for_quiet(max_load, give_up_s=max_wait)
+    results = []
+    for _ in range(probes):
+        load = os.getloadavg()[0]
+        results.append({"tflops": round(measure_gemm_tflops(torch.float32, repeats=PROBE_REPEATS), 4), "load_1m": load})
+    best = max(results, key=lambda r: r["tflops"])
+    return {"probes": results, "used": best["tflops"], "load_1m_of_best": best["load_1m"],
+            "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}  # fmt: skip
+
+
+def machine() -> dict:
+    import psutil
+    import torch
+
+    from llama_hw.backends.cpu import cpu_model_name
+
+    return {"cpu": cpu_model_name(), "cores": os.cpu_count(), "memory_gib": psutil.virtual_memory().total / 2**30,
+            "os": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads()}  # fmt: skip
+
+
+def table(records: list[dict], peak: dict, host: dict) -> str:
+    """The README's section: machine, peak, `bench compare`'s table and the load each configuration ran under."""
+    from llama_hw.bench.compare import markdown_table, pick_baseline, rows_by_config
+
+    rows, notes = rows_by_config(records)
+    baseline = pick_baseline(rows, next((r.name for r in rows if r.name.startswith("alpaca max, no patches")), None))
+    loads: dict[str, list[dict]] = {}
+    for record in records:
+        loads.setdefault(record["name"], []).append(record["host"])
+    commits = sorted({f"{r['git']['commit'][:7]}{' (dirty)' if r['git']['dirty'] else ''}"
+                      for r in records if r.get("git", {}).get("commit")})  # fmt: skip
+    probes = ", ".join(f"{p['tflops']} (load {p['load_1m']:.2f})" for p in peak["probes"])
+    lines = [
+        f"Machine: {host['cpu']}, {host['cores']} cores, {host['memory_gib']:.0f} GiB RAM, {host['os']}; Python "
+        f"{host['python']}, torch {host['torch']} ({host['torch_threads']} threads).",
+        f"fp32 GEMM peak (MFU's denominator): {peak['used']} TFLOP/s, the best of these probes at "
+        f"{peak['measured_at']}: {probes}.",
+        f"Commit(s): {', '.join(commits) or 'unknown'}; {len(records)} runs; generated by "
+        "`python benchmarks/run_cpu.py`.",
+        "",
+        markdown_table(rows, baseline),
+        "",
+        "| NAME | 1-minute load at start (median, max) | at end (median, max; includes the run's own threads) |",
+        "|---|---:|---:|",
+    ]
+    for name, hosts in loads.items():
+        start = [h["load_average_1m_at_start"] for h in hosts if h.get("load_average_1m_at_start") is not None]
+        end = [h["load_average_1m_at_end"] for h in hosts if h.get("load_average_1m_at_end") is not None]
+        lines.append(f"| {name} | {_load(start)} | {_load(end)} |")
+    lines += [f"\nnote: {note}" for note in notes]
+    return "\n".join(lines) + "\n"
+
+
+def _load(values: list[float]) -> str:
+    return f"{statistics.median(values):.2f}, {max(values):.2f}" if values else "-"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--max-load", type=float, default=1.5)
+    parser.add_argument("--max-load", type=float, default=1.0, help="start each run below this 1-minute load")
+    parser.add_argument("--max-wait", type=float, default=600.0, help="then start anyway after this many seconds")
+    parser.add_argument("--time-limit", type=float, default=90.0, help="seconds of measuring per run at most")
     parser.add_argument("--only", nargs="*", help="run names to run (default: all)")
     parser.add_argument("--output", type=Path, default=HERE / "results" / "cpu.jsonl")
     parser.add_argument("--peak-file", type=Path, default=HERE / "results" / "cpu_peak.json")
+    parser.add_argument("--table", type=Path, default=HERE / "results" / "cpu_table.md")
     args = parser.parse_args()
     names = args.only or list(RUNS)
+    unknown = [name for name in names if name not in RUNS]
+    if unknown:
+        sys.exit(f"error: unknown run name(s) {', '.join(map(repr, unknown))}; the runs are: {', '.join(RUNS)}")
     env = dict(os.environ)
+    peak = {"probes": [], "used": None, "measured_at": None, "source": "LLAMA_HW_PEAK_TFLOPS"}
     if "LLAMA_HW_PEAK_TFLOPS" not in env:
-        probes = quiet_peak_tflops(args.max_load)
-        env["LLAMA_HW_PEAK_TFLOPS"] = f"fp32={max(probes)}"
+        peak = probe_peak(args.max_load, args.max_wait)
+        env["LLAMA_HW_PEAK_TFLOPS"] = f"fp32={peak['used']}"
         args.peak_file.parent.mkdir(parents=True, exist_ok=True)
-        args.peak_file.write_text(json.dumps({"fp32_tflops_probes": probes, "used": max(probes)}) + "\n")
-        print(f"fp32 GEMM peak: {max(probes)} TFLOP/s (probes {probes})", file=sys.stderr, flush=True)
+        args.peak_file.write_text(json.dumps(peak, indent=1) + "\n")
+        print(f"fp32 GEMM peak: {peak['used']} TFLOP/s ({peak['probes']})", file=sys.stderr, flush=True)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    first = len(args.output.read_text().splitlines()) if args.output.exists() else 0
     for repeat in range(args.repeats):
         for name in names:
-            load = wait_for_quiet(args.max_load)
+            load = wait_for_quiet(args.max_load, give_up_s=args.max_wait)
             print(f"[{repeat + 1}/{args.repeats}] {name} (load {load:.2f})", file=sys.stderr, flush=True)
-            command = [sys.executable, "-m", "llama_hw.bench", "run", *RUNS[name], "--name", name,
-                       "--output", str(args.output), "--json"]  # fmt: skip
+            command = [sys.executable, "-m", "llama_hw.bench", "run", *RUNS[name], "--time-limit", str(args.time_limit),
+                       "--name", name, "--output", str(args.output), "--json"]  # fmt: skip
             result = subprocess.run(command, capture_output=True, text=True, env=env)
             if result.returncode != 0:
                 sys.exit(f"{name} failed:\n{result.stderr[-3000:]}")
+    from llama_hw.bench.results import read_jsonl
+
+    records = read_jsonl(args.output)[first:]  # this invocation's runs
+    if peak["used"] is None:
+        peak.update(used=records[0]["peak_tflops"], measured_at="(given)")
+    args.table.write_text(table(records, peak, machine()))
+    print(f"table: {args.table}", file=sys.stderr)
 
 
 if __name__ == "__main__":
