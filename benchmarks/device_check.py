@@ -8,8 +8,9 @@ llama-7b shapes shrunk to 4 layers) and writes
     benchmarks/results/<device>.md      the verdict: PASS / FAIL per check, the bench's tokens/s and MFU
 
 where <device> is the backend and product, e.g. cuda-nvidia-h100-80gb-hbm3 or npu-ascend910b3. On a host
-without an accelerator it says so in one line and exits 0. Exit status: 0 all passed (skips allowed), 1 a
-check failed, 2 the tests could not run.
+without an accelerator it says so in one line and exits 0. Exit status: 0 PASS (every check passed; DDP may
+skip on one device), 1 FAIL or INCOMPLETE (a check failed, or skipped for a missing prerequisite such as the
+test data), 2 the tests did not finish.
 """
 
 from __future__ import annotations
@@ -107,7 +108,7 @@ def test_outcomes(junit: Path) -> list[tuple[str, str, str]]:
         status, message = "PASS", ""
         for child in case:
             if child.tag in ("failure", "error"):
-                status, message = "FAIL", (child.get("message") or "").splitlines()[0][:200] if child.get("message") else ""
+                status, message = "FAIL", ((child.get("message") or "").splitlines() or [""])[0][:200]
             elif child.tag == "skipped":
                 status, message = "SKIP", (child.get("message") or "")[:200]
         outcomes.append((name, status, message))
@@ -127,10 +128,25 @@ def bench_lines(records: list[dict]) -> list[str]:
     return lines
 
 
-def write_verdict(path: Path, backend, outcomes, records, code: int, seconds: float) -> bool:
-    passed = code == 0 and outcomes and all(status != "FAIL" for _, status, _ in outcomes)
+ALLOWED_SKIP = "DDP needs 2 or more"  # the one check that one device cannot run
+
+
+def verdict_of(outcomes, code: int) -> str:
+    """PASS: every check passed (DDP may skip on one device); FAIL: one failed; INCOMPLETE: others skipped or
+    the tests did not finish (missing test data, a timeout)."""
+    if any(status == "FAIL" for _, status, _ in outcomes):
+        return "FAIL"
+    if code not in (0, 1) or not outcomes:
+        return "INCOMPLETE"
+    if any(status == "SKIP" and ALLOWED_SKIP not in message for _, status, message in outcomes):
+        return "INCOMPLETE"
+    return "PASS"
+
+
+def write_verdict(path: Path, backend, outcomes, records, code: int, seconds: float) -> str:
+    verdict = verdict_of(outcomes, code)
     lines = [
-        f"# Device check: {backend.device_name()} ({backend.name}) — {'PASS' if passed else 'FAIL'}",
+        f"# Device check: {backend.device_name()} ({backend.name}) — {verdict}",
         "",
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, commit {git_commit()}, {backend.device_count()} "
         f"device(s) visible, {seconds:.0f} s. Versions: "
@@ -145,34 +161,35 @@ def write_verdict(path: Path, backend, outcomes, records, code: int, seconds: fl
     if code not in (0, 1):
         lines += ["", f"pytest exited with {code}: the tests did not finish (see the console output)."]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return bool(passed)
+    return verdict
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--budget", type=int, default=BUDGET_S, help=f"seconds the tests may run; default {BUDGET_S}")
-    args = parser.parse_args()
+    parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR, help="where <device>.jsonl and .md go; "
+                        "default benchmarks/results")  # fmt: skip
+    args = parser.parse_args(argv)
     backend, why = find_accelerator()
     if backend is None:
         print(f"device check: no CUDA GPU or Ascend NPU on this host ({why}); nothing to check on a CPU-only machine")
         return 0
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    args.results_dir.mkdir(parents=True, exist_ok=True)
     slug = device_slug(backend)
-    results, verdict = RESULTS_DIR / f"{slug}.jsonl", RESULTS_DIR / f"{slug}.md"
+    results, verdict = args.results_dir / f"{slug}.jsonl", args.results_dir / f"{slug}.md"
     results.write_text(json.dumps({"check": "start", "device": backend.device_name(), "backend": backend.name,
                                    "count": backend.device_count(), "commit": git_commit(),
                                    "versions": versions()}) + "\n", encoding="utf-8")  # fmt: skip
-    print(f"device check: {backend.device_name()} ({backend.name}); results in {results.relative_to(REPO)}", flush=True)
+    print(f"device check: {backend.device_name()} ({backend.name}); results in {results}", flush=True)
     start = time.monotonic()
     with tempfile.TemporaryDirectory() as scratch:
         junit = Path(scratch) / "junit.xml"
         code = run_tests(results, junit, args.budget)
         outcomes = test_outcomes(junit)
     records = [json.loads(line) for line in results.read_text(encoding="utf-8").splitlines() if line.strip()]
-    passed = write_verdict(verdict, backend, outcomes, records, code, time.monotonic() - start)
-    print(f"device check: {'PASS' if passed else 'FAIL'}; verdict in {verdict.relative_to(REPO)} "
-          f"(send it and {results.name} back)")  # fmt: skip
-    return 0 if passed else (1 if code in (0, 1) else 2)
+    outcome = write_verdict(verdict, backend, outcomes, records, code, time.monotonic() - start)
+    print(f"device check: {outcome}; verdict in {verdict} (send it and {results.name} back)")
+    return {"PASS": 0, "FAIL": 1}.get(outcome, 1 if code in (0, 1) else 2)
 
 
 if __name__ == "__main__":

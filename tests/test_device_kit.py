@@ -203,7 +203,8 @@ def test_bench_of_the_llama_7b_shapes_reports_mfu_against_the_table_peak(device_
     precision = device_backend.default_precision()
     command = [sys.executable, "-m", "llama_hw.bench", "run", "--model", "llama-7b", "--layers", "4",
                "--seq-len", "2048", "--micro-batch", "4", "--warmup", "2", "--steps", "6",
-               "--device", device_backend.name, "--precision", precision, "--json", "--output", str(output)]  # fmt: skip
+               "--device", device_backend.name, "--precision", precision,
+               "--json", "--output", str(output)]  # fmt: skip
     result = subprocess.run(command, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=400)
     assert result.returncode == 0, result.stderr[-3000:]
     run = json.loads(result.stdout.strip().splitlines()[-1])

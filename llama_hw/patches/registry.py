@@ -151,8 +151,8 @@ def _revert(applied: list[Patch], active_for: dict[str, dict[str, Any]]) -> None
             patch.revert(active.pop(patch.name))
 
 
-def describe_patches(backend: Backend, model_type: str | None = "llama", mode: str = "train",
-                     *, selection: str | None = None, training_args: Any | None = None) -> list[dict[str, Any]]:  # fmt: skip
+def describe_patches(backend: Backend, model_type: str | None = "llama", mode: str = "train", *,
+                     selection: str | None = None, training_args: Any | None = None) -> list[dict[str, Any]]:
     """What `apply_patches` would do on `backend` for a `model_type` model, without a model (for `llama-hw env`).
 
     Checks that need the model itself (its dtype, head size, activation) are assumed to pass; the trainer's
