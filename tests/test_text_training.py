@@ -93,3 +93,33 @@ def test_window_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path, stori
 
     first, second = load_file(uninterrupted / "model.safetensors"), load_file(crashed / "model.safetensors")
     assert all(torch.equal(first[name], second[name]) for name in first)
+
+
+def window_run(stories260k_dir, corpus, out, *extra: str) -> list[str]:
+    """Two epochs over the first 16 documents: four steps of a global batch of 4 per epoch."""
+    return small_run(stories260k_dir, corpus, out, "--num_train_epochs", "2", "--model_max_length", "64",
+                     "--text_cut", "window", "--seed", "5", *extra)
+
+
+@pytest.fixture(scope="module")
+def small_corpus(corpus, tmp_path_factory):
+    lines = corpus.read_text(encoding="utf-8").splitlines(keepends=True)[:16]
+    path = tmp_path_factory.mktemp("small") / "sixteen.jsonl"
+    path.write_text("".join(lines), encoding="utf-8")
+    return path
+
+
+@pytest.mark.slow  # torchrun with two processes
+@pytest.mark.parametrize("flags", [[], ["--deepspeed", "zero3"]], ids=["ddp", "zero3"])
+def test_two_ranks_train_on_the_windows_of_one_process(flags, tmp_path, stories260k_dir, small_corpus):
+    """Each rank draws its share of the same windows, in epoch 1 too: the losses equal one process's."""
+    from train_support import torchrun_train
+
+    single, double = tmp_path / "single", tmp_path / "double"
+    assert run_cli(main, window_run(stories260k_dir, small_corpus, single)) == 0
+    result = torchrun_train(2, window_run(stories260k_dir, small_corpus, double,
+                                          "--per_device_train_batch_size", "2", *flags))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "2 process(es)" in result.stdout
+    assert len(logged_losses(single)) == 8
+    assert logged_losses(double) == pytest.approx(logged_losses(single), rel=1e-5)
