@@ -182,3 +182,20 @@ def test_fastchat_readme_command_trains(tmp_path, stories260k_dir, dummy_convers
     assert read_run_metadata(out)["model_max_length"] == 2048
     config = json.loads((out / "config.json").read_text())
     assert config["rope_parameters"]["rope_type"] == "linear" and config["rope_parameters"]["factor"] == 4.0
+
+
+def test_fastchat_gradient_checkpointing_flag_runs_without_deprecation_warnings(tmp_path, stories260k_dir,
+                                                                                dummy_conversations):
+    """`--gradient_checkpointing True` (FastChat's commands) on a LoRA run: translated, and nothing on stderr
+    tells the user about deprecated transformers attributes they never used."""
+    from train_support import train_cli
+
+    out = tmp_path / "out"
+    result = train_cli(small_run(stories260k_dir, dummy_conversations, out, "--max_steps", "1",
+                                 "--finetuning_type", "lora", "--gradient_checkpointing", "True",
+                                 "--report_to", "none"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "note: --gradient_checkpointing is now --activation_checkpointing" in result.stdout
+    assert "gradient_checkpointing` is deprecated" not in result.stderr, result.stderr
+    assert "FutureWarning" not in result.stderr, result.stderr
+    assert read_run_metadata(out)["global_step"] == 1
