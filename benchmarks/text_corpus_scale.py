@@ -8,8 +8,10 @@ does not notice), then tokenizes it into an empty cache in a fresh process, exac
 text` training does (`llama_hw.data.corpus.load_corpus`: datasets.Dataset.from_generator, batches
 written to Arrow, save into the cache). It reports wall time, tokens/s, and peak resident memory: of the
 tokenizing process (its own ru_maxrss) and of its whole process tree (sampled every 0.1 s, workers
-included). Memory should stay flat and time grow linearly with the corpus. The machine, its load
-average before and after, and the library versions are printed with the results.
+included), and the tree's peak private memory (resident minus file-backed pages: the memory-mapped
+Arrow files being written and copied count in RSS, but the kernel can drop them). Memory should stay
+flat and time grow linearly with the corpus. The machine, its load average before and after, and the
+library versions are printed with the results.
 """
 
 from __future__ import annotations
@@ -80,11 +82,14 @@ def measure(corpus: Path, tokenizer_dir: str, workers: int, cache_dir: Path) -> 
     command = [sys.executable, __file__, "--child", str(corpus), "--tokenizer", tokenizer_dir,
                "--workers", str(workers)]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    watched, peak_tree = psutil.Process(process.pid), 0
+    watched, peak_tree, peak_private = psutil.Process(process.pid), 0, 0
     while process.poll() is None:
         try:
-            tree = [watched, *watched.children(recursive=True)]
-            peak_tree = max(peak_tree, sum(p.memory_info().rss for p in tree if p.is_running()))
+            memory = [p.memory_info() for p in [watched, *watched.children(recursive=True)] if p.is_running()]
+            peak_tree = max(peak_tree, sum(m.rss for m in memory))
+            # resident minus file-backed pages: what the process allocated itself (the memory-mapped cache
+            # files it reads count in RSS too, but the kernel drops those pages under pressure)
+            peak_private = max(peak_private, sum(m.rss - m.shared for m in memory))
         except psutil.Error:
             pass
         time.sleep(0.1)
@@ -93,6 +98,7 @@ def measure(corpus: Path, tokenizer_dir: str, workers: int, cache_dir: Path) -> 
         raise SystemExit(f"tokenizing {corpus} failed:\n{err[-2000:]}")
     result = json.loads(out.strip().splitlines()[-1])
     result["peak_rss_tree_sampled"] = peak_tree
+    result["peak_private_tree_sampled"] = peak_private
     cache_bytes = sum(f.stat().st_size for f in cache_dir.rglob("*") if f.is_file())
     result["cache_bytes"] = cache_bytes
     return result
@@ -141,8 +147,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"load average before: {Path('/proc/loadavg').read_text().strip()}")
     print("corpus: the alpaca_en_demo + alpaca_zh_demo answers (../shared), repeated to the size; tokenizer "
           f"{tokenizer_dir}")
-    print("| corpus | documents | tokens | workers | seconds | tokens/s | peak RSS (process) | peak RSS (tree) | cache |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| corpus | documents | tokens | workers | seconds | tokens/s | peak RSS (process) | peak RSS (tree) "
+          "| peak private (tree) | cache |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for size in (int(s) for s in args.sizes.split(",")):
         corpus = workdir / f"corpus_{size}mb.jsonl"
         documents = write_corpus(corpus, texts, size)
@@ -157,7 +164,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(json.dumps(result))
             print(f"| {size} MB | {documents:,} | {result['tokens']:,} | {workers} | {result['seconds']:.1f} | "
                   f"{result['tokens'] / result['seconds']:,.0f} | {result['peak_rss_process'] / MB:,.0f} MB | "
-                  f"{result['peak_rss_tree_sampled'] / MB:,.0f} MB | {result['cache_bytes'] / MB:,.0f} MB |",
+                  f"{result['peak_rss_tree_sampled'] / MB:,.0f} MB | {result['peak_private_tree_sampled'] / MB:,.0f} MB "
+                  f"| {result['cache_bytes'] / MB:,.0f} MB |",
                   flush=True)
         corpus.unlink()
     print(f"load average after: {Path('/proc/loadavg').read_text().strip()}")
