@@ -91,20 +91,4 @@ def check_command(command: str, argv: list[str]) -> None:
         elif options.script is None and (options.config or options.target_args):
             check_command("train", [str(options.config)] * bool(options.config) + options.target_args)
         return
-    module = recipe_module(command)
-    for factory in ("build_parser", "parser"):
-        if callable(getattr(module, factory, None)):
-            getattr(module, factory)().parse_args(argv)
-            return
-    entry = getattr(module, "parse_args", None)
-    if entry is not None:
-        entry(argv)
-        return
-    real_parse = argparse.ArgumentParser.parse_args
-    with _capture_parser():
-        try:
-            module.main(argv)
-        except _Captured as captured:
-            parser = captured.parser
-    real_parse(parser, argv)
-
+    parser_for(command).parse_args(argv)
