@@ -53,6 +53,7 @@ def error_line(command, model, tmp_path, data, capsys) -> str:
     lines = err.strip().splitlines()
     assert lines and lines[-1].startswith("error: ") and "Traceback" not in err, err
     assert not (tmp_path / "out" / "model.safetensors").exists() and not (tmp_path / "merged").exists()
+    assert not list(tmp_path.glob(".merged*"))  # nothing half-written beside --out either
     return lines[-1]
 
 
@@ -143,7 +144,7 @@ def test_truncated_pickle_says_so(stories260k_dir, dummy_conversations, tmp_path
     assert line.endswith("re-download it, or re-save the model with save_pretrained")
 
 
-@pytest.mark.parametrize("command", ["train", "chat"])
+@pytest.mark.parametrize("command", COMMANDS)
 def test_missing_tokenizer_leads_with_what_is_missing(command, stories260k_dir, dummy_conversations, tmp_path, capsys):
     model = copy_model(stories260k_dir, tmp_path)
     (model / "tokenizer.model").unlink()
