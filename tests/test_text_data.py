@@ -135,6 +135,18 @@ def test_worker_processes_keep_the_corpus_order(tmp_path, stories_tokenizer, out
         two.train_dataset.tokens.stream(0, two.train_dataset.tokens.total).tolist()
 
 
+def test_a_bad_record_found_by_a_worker_process_is_one_line(tmp_path, stories_tokenizer, monkeypatch):
+    import llama_hw.data.text
+
+    monkeypatch.setattr(llama_hw.data.text, "SHARD_BYTES", 4000)
+    lines = [json.dumps({"text": f"document {i} " * 10}) for i in range(600)]
+    lines[450] = '{"text": null}'
+    path = tmp_path / "corpus.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with pytest.raises(DataError, match=rf"^{path}: line 451: non_string: 'text' is NoneType"):
+        build(path, stories_tokenizer, 64, data_format="text", preprocessing_num_workers=2)
+
+
 # -- windows ----------------------------------------------------------------------------------------------
 
 @pytest.fixture

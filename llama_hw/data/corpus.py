@@ -38,8 +38,13 @@ class CorpusCounts:
         return {"documents": self.documents, "skipped": self.skipped, "tokens": self.tokens}
 
 
-def document_rows(shards: list[Shard], tokenizer, on_bad_record: str, batch_size: int = TOKENIZE_BATCH):
-    """Rows for `shards` in order (the generator behind Dataset.from_generator; runs in each worker)."""
+def document_rows(shards: list[Shard], tokenizer, on_bad_record: str, error_dir: str | None = None,
+                  batch_size: int = TOKENIZE_BATCH):
+    """Rows for `shards` in order (the generator behind Dataset.from_generator; runs in each worker).
+
+    A bad record in error mode raises DataError; its message is also left in `error_dir`, because an
+    exception from a worker process reaches the parent only as datasets' generic DatasetGenerationError.
+    """
     pending: list[str] = []
 
     def encode():
@@ -56,7 +61,10 @@ def document_rows(shards: list[Shard], tokenizer, on_bad_record: str, batch_size
         for where, text, err in read_shard(shard):
             if err is not None:
                 if on_bad_record == "error":
-                    raise bad_record_error(where, err)
+                    error = bad_record_error(where, err)
+                    if error_dir is not None:
+                        (Path(error_dir) / f"{shard.order:09d}.error").write_text(str(error), encoding="utf-8")
+                    raise error
                 yield from encode()  # keep rows in corpus order
                 yield {"input_ids": [], "length": 0, "rule": RULE_CODES[err.rule]}
                 continue
@@ -80,7 +88,8 @@ def tokenize_corpus(shards: list[Shard], tokenizer, on_bad_record: str, num_proc
             document_rows,
             features=features,
             cache_dir=str(scratch),
-            gen_kwargs={"shards": shards, "tokenizer": tokenizer, "on_bad_record": on_bad_record},
+            gen_kwargs={"shards": shards, "tokenizer": tokenizer, "on_bad_record": on_bad_record,
+                        "error_dir": str(scratch)},
             num_proc=workers if workers and workers > 1 else None,
             fingerprint=fingerprint,
             writer_batch_size=WRITER_BATCH,
@@ -90,7 +99,10 @@ def tokenize_corpus(shards: list[Shard], tokenizer, on_bad_record: str, num_proc
         while cause is not None and not isinstance(cause, LlamaHwError):
             cause = cause.__cause__ or cause.__context__
         if cause is None:
-            raise
+            reported = sorted(scratch.glob("*.error"))  # from a worker process: the first in corpus order
+            if not reported:
+                raise
+            cause = DataError(reported[0].read_text(encoding="utf-8"))
         raise cause from None
 
 

@@ -15,6 +15,7 @@ more than one shard's current line in memory. This module imports no ML library.
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import json
 import os
@@ -59,6 +60,7 @@ class Shard:
     start: int = 0
     end: int = -1
     first_line: int = 1
+    order: int = 0  # position in the corpus's list of shards
 
 
 def expand_paths(data_path: str) -> list[str]:
@@ -159,7 +161,7 @@ def plan_shards(files: list[str], per_line: bool, shard_bytes: int | None = None
             shards.append(Shard(path, kind, 0, size, 1))
             continue
         shards += _line_shards(path, kind, size, shard_bytes)
-    return shards
+    return [dataclasses.replace(shard, order=order) for order, shard in enumerate(shards)]
 
 
 def _json_kind(path: str) -> str:
