@@ -47,6 +47,9 @@ def test_format_is_detected_from_the_files(tmp_path, corpus):
     assert resolve_data_format("auto", str(tmp_path / "docs")) == "text"
     assert resolve_data_format("auto", str(tmp_path / "docs" / "*.txt")) == "text"
     assert resolve_data_format("auto", str(conversations)) == "conversations"
+    broken_first = tmp_path / "broken_first.jsonl"
+    broken_first.write_text('{"text": \n{"text": "a document"}\n', encoding="utf-8")
+    assert resolve_data_format("auto", str(broken_first)) == "text"  # the reader then names line 1
     assert resolve_data_format("text", str(conversations)) == "text"  # as requested
     with pytest.raises(DataError, match=r"mixes a text corpus .*corpus.jsonl.* with conversation data .*chat.jsonl"):
         resolve_data_format("auto", f"{corpus},{conversations}")

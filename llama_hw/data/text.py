@@ -34,6 +34,7 @@ JSON_SUFFIXES = (".json", ".jsonl")
 GLOB_CHARACTERS = "*?["
 SHARD_BYTES = 64 << 20  # a worker reads a line-oriented file in pieces of about this size
 READ_BLOCK = 8 << 20
+DETECT_LINES = 100  # JSON Lines: the first record that parses within these lines decides the format
 
 TEXT_RULES = {
     "invalid_json": "the line or file is not valid JSON",
@@ -97,12 +98,14 @@ def first_record(path: str) -> object | None:
         stripped = head.lstrip(b"\xef\xbb\xbf \t\r\n")
         if not stripped.startswith(b"["):
             handle.seek(0)
-            for line in handle:
+            for number, line in enumerate(handle):
+                if number >= DETECT_LINES:
+                    return None
                 if line.strip():
                     try:
                         return json.loads(line.decode("utf-8", errors="replace"))
                     except (ValueError, RecursionError):
-                        return None
+                        continue  # a bad first line is reported by the reader, with its rule
             return None
         size = 1 << 16
         while True:  # a JSON array: decode its first element from a growing prefix
