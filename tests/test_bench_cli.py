@@ -144,6 +144,7 @@ def test_parity_picks_runs_by_name_in_one_file(tmp_path, capsys):
     (["run", "--model", "bench-20m", "--ci", "5"], "--ci 5.0 must be a fraction"),
     (["run", "--model", "bench-20m", "--output", "."], "--output . is a directory"),
     (["parity", "a.jsonl", "b.jsonl", "--tolerance", "x"], "see `python -m llama_hw.bench parity --help`"),
+    (["parity", "a.jsonl", "b.jsonl", "--rtol", "0.02"], "--rtol (deviation relative to the loss) is replaced by"),
     (["run", "--model", "bench-20m", "--zero", "2"], "--zero 2 runs DeepSpeed, which needs a launched job"),
 ])  # fmt: skip
 def test_bad_input_is_one_line_and_exit_code_2(argv, message, capsys, tmp_path, monkeypatch):

@@ -116,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "device, precision, parallelism and patches, comma-separated (e.g. seed); the verdict "
                         "names them")  # fmt: skip
     parity.add_argument("--png", type=Path, help="also write the loss plot to this PNG file")
+    parity.add_argument("--rtol", type=float, help=argparse.SUPPRESS)  # refused with the replacement
     return parser
 
 
@@ -239,6 +240,9 @@ def parity(args: argparse.Namespace) -> int:
     from llama_hw.bench.parity import compare_losses, loss_plot, pick_run
     from llama_hw.bench.results import read_jsonl
 
+    if args.rtol is not None:
+        raise UsageError("--rtol (deviation relative to the loss) is replaced by --tolerance, a fraction of the "
+                         "reference run's loss drop (default 0.05); see docs/explanation/token-accounting.md")
     a = pick_run(read_jsonl(args.a), args.name_a, args.a)
     b = pick_run(read_jsonl(args.b), args.name_b, args.b)
     allowed = {field.strip() for field in args.allow_differences.split(",") if field.strip()}

@@ -120,6 +120,8 @@ def build_record(session, measurement: Measurement) -> dict[str, Any]:
         "samples_per_s_per_device": measurement.per_device_rate(counts.samples),
         "mfu": mfu(executed / seconds / world, peak),
         "model_flops_utilization": mfu(model_flops / seconds / world, peak),
+        # the schema-1 name of the nearest figure, kept for scripts that read it: model_flops_utilization
+        "mfu_effective": mfu(model_flops / seconds / world, peak),
         "peak_tflops": peak,
         "peak_source": session.peak or {"tflops": peak, "source": "table"},
         "work": {
