@@ -113,6 +113,40 @@ def test_a_zero3_head_is_gathered_through_deepspeeds_external_parameter_api(capl
     assert model._external_params == {} and "forward" not in vars(model)
 
 
+@pytest.fixture
+def one_rank_group(monkeypatch):
+    import torch.distributed as dist
+    from train_support import free_port
+
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(free_port()))
+    dist.init_process_group("gloo", rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
+def test_a_head_that_is_its_own_fsdp2_unit_takes_the_stock_head_and_says_why(one_rank_group, caplog):
+    """Sharded on its own, the head's weight is a DTensor shard until lm_head itself runs: the chunked pass
+    cannot read it, so the step runs the stock forward (FSDP2 gathers the head there) and says so."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    model, stock = tiny_llama().train(), tiny_llama().train()
+    # an explicit CPU mesh: FSDP2's default asks torch for the accelerator, which the fake torch_npu of other
+    # tests leaves renamed in this process
+    fully_shard(model.lm_head, mesh=init_device_mesh("cpu", (1,)))
+    report = apply_patches(model, CpuBackend(), "train", selection="chunked_cross_entropy")
+    ids, labels = batch()
+    with caplog.at_level(logging.WARNING, logger=head.__name__):
+        out = model(input_ids=ids, labels=labels)
+    assert out.logits is not None
+    torch.testing.assert_close(out.loss, stock(input_ids=ids, labels=labels).loss, **CLOSE)
+    assert [r.getMessage() for r in caplog.records if r.name == head.__name__] == [
+        "chunked_cross_entropy: the head weight is an FSDP2 DTensor shard here (the head is its own FSDP unit); "
+        "training steps take the stock head"]  # fmt: skip
+    report.revert()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["zero3", "fsdp"])
 def test_two_sharded_gloo_ranks_train_like_one_stock_process(mode, tmp_path, stories260k_dir, dummy_conversations):
