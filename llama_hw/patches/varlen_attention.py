@@ -142,8 +142,8 @@ PATCHES = [
         name="varlen_attention",
         summary="attention per sequence (padded rows, packed conversations): padding and cross-sequence pairs "
         "are never computed",
-        replaces=f"model attention implementation -> {NAME} (packed rows varlen: transformers' sdpa per document; "
-        "padded rows varlen on CPU where splitting pays, else dense rows)",
+        replaces=f"model attention implementation -> {NAME} (packed rows varlen: transformers' sdpa per document, "
+        "picked over FlexAttention by measurement; padded rows varlen on CPU where splitting pays, else dense rows)",
         scope="model", backends=("cpu", "cuda"), model_types=("llama",), modes=("train",),
         check=check, apply=apply, order=46,
     ),
