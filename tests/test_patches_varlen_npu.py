@@ -199,3 +199,15 @@ def test_packed_rows_under_inference_mode(npu, gqa_model):
         report.revert()
     torch.testing.assert_close(patched, reference, rtol=1e-5, atol=1e-5)
     assert calls["TND sparse_mode=3"] == model.config.num_hidden_layers
+
+
+def test_varlen_layout_drops_empty_rows_and_leaves_too_many_documents_dense():
+    from llama_hw.patches.npu_attention import MAX_VARLEN_DOCUMENTS, varlen_layout
+
+    mask = torch.tensor([[1, 1, 1, 0], [0, 0, 0, 0], [1, 0, 0, 0]])
+    lengths, keep = varlen_layout(mask, {}, 3, 4)
+    assert lengths == [3, 1] and keep.tolist() == [0, 1, 2, 8]  # the all-padding row is no document
+    assert varlen_layout(torch.tensor([[0, 1, 1, 1]]), {}, 1, 4) is None  # left padding: dense BNSD
+    many = MAX_VARLEN_DOCUMENTS + 1  # actual_seq_qlen holds at most 1K entries
+    assert varlen_layout(None, {"position_ids": torch.zeros(1, many, dtype=torch.long)}, 1, many) is None
+    assert varlen_layout(None, {"position_ids": torch.zeros(1, many - 1, dtype=torch.long)}, 1, many - 1)
