@@ -10,9 +10,9 @@ from llama_hw.bench.work import CPU_VARLEN, DENSE, PER_SEQUENCE, SDPA, work_layo
 from llama_hw.patches.report import PatchOutcome, PatchReport
 
 
-def report(*applied: str, replaces: str = "") -> PatchReport:
+def report(*applied: str, replaces: str = "", backend: str = "cpu") -> PatchReport:
     outcomes = [PatchOutcome(name, "model", "applied", replaces) for name in applied]
-    return PatchReport("cpu", "train", "llama", "all", "selection", outcomes)
+    return PatchReport(backend, "train", "llama", "all", "selection", outcomes)
 
 
 def model(implementation: str):
@@ -32,6 +32,11 @@ def model(implementation: str):
 def test_layout_follows_the_applied_patches(applied, implementation, attention, head):
     layout = work_layout(report(*applied), model(implementation), pair_dims=256)
     assert (layout.attention, layout.head_labelled_only, layout.pair_dims) == (attention, head, 256)
+
+
+def test_varlen_attention_off_cpu_never_splits_padded_batches():
+    layout = work_layout(report("sdpa_attention", "varlen_attention", backend="cuda"), model("sdpa_varlen"), 4096)
+    assert layout.attention == CPU_VARLEN and layout.pair_dims == 0  # count_batch: padded -> dense, packed -> varlen
 
 
 def test_npu_fusion_attention_counts_per_sequence_only_with_its_tnd_path():

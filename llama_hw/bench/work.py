@@ -11,8 +11,9 @@ Attention (12 x layers x heads x head size FLOPs per query/key pair, forward and
 - `per-sequence`: each sequence's own causal triangle, n(n+1)/2 pairs: padded rows' text, packed rows'
   documents (the packed collator's padding segment is a sequence too: the kernels compute it). flash-attn's
   varlen path, FlexAttention's document mask, npu_fusion_attention's TND layout;
-- `cpu-varlen`: llama_hw's `varlen_attention` patch: per sequence, except that a padded batch is split only
-  when splitting pays (`llama_hw.patches.varlen_attention.splitting_pays`), else it runs dense.
+- `cpu-varlen`: llama_hw's `varlen_attention` patch: packed rows per document; a padded batch is split per
+  row only on CPU and only when splitting pays (`llama_hw.patches.varlen_attention.splitting_pays`), else
+  (and always on CUDA) it runs as one dense masked call.
 Flash kernels compute the diagonal blocks whole; counting the exact triangle makes the figure a lower
 bound, so executed-work MFU never overstates. An attention implementation this table does not know
 counts as `per-sequence`, the least any correct kernel computes.
@@ -58,7 +59,7 @@ class WorkLayout:
 
     attention: str = PER_SEQUENCE
     head_labelled_only: bool = False
-    pair_dims: int = 0  # heads x head size, for the cpu-varlen split rule
+    pair_dims: int = 0  # heads x head size, for the cpu-varlen split rule (0: padded batches never split)
     why: str = ""
 
     def describe(self) -> str:
@@ -89,6 +90,8 @@ def work_layout(patch_report, model=None, pair_dims: int = 0) -> WorkLayout:
         if name in PATCH_LAYOUTS:
             layout, why = PATCH_LAYOUTS[name], f"patch {name}"
             break
+    if layout == CPU_VARLEN and getattr(patch_report, "backend", "cpu") != "cpu":
+        pair_dims, why = 0, why + "; padded batches split only on CPU"
     if layout is None:
         implementation = getattr(getattr(model, "config", None), "_attn_implementation", None)
         if implementation in IMPLEMENTATION_LAYOUTS:
