@@ -180,3 +180,18 @@ def test_estimate_total_includes_reserve():
     job = Job(TINY, precision="fp32")
     memory = estimate(job, Configuration(), Rows(64, 64), runtime_reserve=GIB)
     assert memory.allocator_reserve > GIB and memory.total > memory.allocator_reserve
+
+
+def test_hub_id_reads_the_cached_config_only(tmp_path, monkeypatch, stories260k_dir):
+    from huggingface_hub import constants
+
+    from test_models_hub import build_hub_cache
+
+    cache = tmp_path / "hub"
+    build_hub_cache(cache, "llama-hw-test/stories260K", stories260k_dir)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    data = plan_json("--model", "llama-hw-test/stories260K", "--device-product", "A10", "--precision", "fp16")
+    assert data["model"]["hidden_size"] == 64 and data["model"]["vocab_size"] == 512

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from llama_hw.bench.presets import PRESETS, ModelShape
 from llama_hw.errors import UsageError
+from llama_hw.models.hub import looks_like_hub_id, resolve_model_path
 
 FINETUNING_TYPES = ("full", "lora", "qlora")
 # Linear modules of a LLaMA decoder layer: (name, in_features, out_features) as functions of the shape.
@@ -93,10 +94,12 @@ class Job:
 
 
 def model_shape(model: str) -> ModelShape:
-    """A preset name, or a model directory / config.json (config only: no weights are read)."""
+    """A preset name, a model directory / config.json, or a Hub id (config only: no weights are read)."""
     if model in PRESETS:
         return PRESETS[model]
     path = Path(model).expanduser()
+    if not path.exists() and looks_like_hub_id(model):  # org/name: config.json from the Hub cache, no weights
+        path = resolve_model_path(model, flag="--model", weights=False)
     config_file = path / "config.json" if path.is_dir() else path
     if not config_file.is_file():
         raise UsageError(f"--model {model}: not a preset ({', '.join(PRESETS)}) and no config.json there")
