@@ -40,7 +40,7 @@ def test_varlen_attention_off_cpu_never_splits_padded_batches():
 
 
 def test_npu_fusion_attention_counts_per_sequence_only_with_its_tnd_path():
-    bnsd = work_layout(report("npu_fusion_attention", replaces="model attention implementation -> npu_fusion_attention"))
+    bnsd = work_layout(report("npu_fusion_attention", replaces="attention implementation -> npu_fusion_attention"))
     assert bnsd.attention == SDPA and "BNSD" in bnsd.why
     tnd = work_layout(report("npu_fusion_attention", replaces="npu_fusion_attention (TND varlen for packed rows)"))
     assert tnd.attention == PER_SEQUENCE

@@ -141,8 +141,8 @@ def banner(session) -> str:
         f"  model: {spec.model} ({spec.finetuning_type}): {session.parameters.describe()}",
         f"  data: {session.data.description}; {spec.padding} padding, micro batch {spec.micro_batch} x "
         f"{spec.grad_accum} accumulation, {spec.warmup} warm-up + " + (
-            f"{spec.steps} measured steps" if spec.steps else
-            f"{spec.min_steps}..{spec.max_steps} measured steps (until the median is known to +-{100 * spec.ci_bound:g} %)"),
+            f"{spec.steps} measured steps" if spec.steps else f"{spec.min_steps}..{spec.max_steps} measured steps "
+            f"(until the median is known to +-{100 * spec.ci_bound:g} %)"),
         f"  attention work counted as {session.layout.describe()}",
         f"  peak: {describe_origin(session.peak)}" if session.peak else "  peak: unknown",
         f"  {session.parallelism.describe()}, {session.precision}",
