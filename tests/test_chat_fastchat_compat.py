@@ -127,6 +127,23 @@ class WithoutPastKeyValues(torch.nn.Module):
         return CacheOnlyOutput(logits=out.logits, cache=out.cache)
 
 
+class PastKeyValuesOutput(dict):
+    """An output of transformers < 5.24: a mapping with attribute access, the cache under past_key_values
+    (today's ModelOutput would rename that field to `cache`)."""
+
+    __getattr__ = dict.__getitem__
+
+
+class PastKeyValuesOnly(WithoutPastKeyValues):
+    """A causal LM from before transformers 5.24: the cache is `past_key_values` in and out."""
+
+    def forward(self, input_ids, past_key_values=None, use_cache=None, **kwargs):
+        if "cache" in kwargs:
+            raise TypeError("forward() got an unexpected keyword argument 'cache'")
+        out = self.model(input_ids=input_ids, cache=past_key_values, use_cache=use_cache, **kwargs)
+        return PastKeyValuesOutput(logits=out.logits, past_key_values=out.cache)
+
+
 @pytest.fixture(scope="module")
 def stories(stories260k_dir):
     from llama_hw.data import load_tokenizer
@@ -159,3 +176,10 @@ def test_chat_runs_on_a_transformers_without_past_key_values(stories, infer_patc
         streamed(ORIGINAL_GENERATE_STREAM, future, tokenizer)  # FastChat 0.2.36 as it is
     today = streamed(ORIGINAL_GENERATE_STREAM, model, tokenizer)
     assert streamed(inference.generate_stream, future, tokenizer) == today
+
+
+def test_chat_keeps_working_with_the_name_before_the_rename(stories, infer_patches):
+    model, tokenizer = stories
+    older = PastKeyValuesOnly(model)
+    assert cache_parameter(older) == "past_key_values"
+    assert streamed(inference.generate_stream, older, tokenizer) == streamed(ORIGINAL_GENERATE_STREAM, model, tokenizer)
