@@ -305,3 +305,14 @@ def test_a_damaged_checkpoint_without_an_intact_one_before_it_stops_the_run(tmp_
     with pytest.raises(UsageError, match=r"--resume_from_checkpoint \S+checkpoint-10 is damaged"):
         resolve_resume(str(tmp_path / "checkpoint-10"), tmp_path, overwrite=False)
     assert resolve_resume("False", tmp_path, overwrite=False) is None  # starting over stays possible
+
+
+def test_lora_targets_the_model_has_pass_the_check(stories260k_dir):
+    from llama_hw.train.checks import check_lora_targets
+
+    paths = ["--model_name_or_path", str(stories260k_dir), "--data_path", "D.json", "--output_dir", "OUT"]
+    check_lora_targets(parse_args(paths + ["--lora_target", "q_proj,v_proj", "model.layers.0.mlp.down_proj"]),
+                       stories260k_dir)
+    check_lora_targets(parse_args(paths + ["--task", "cls", "--lora_target", "q_proj", "score"]), stories260k_dir)
+    with pytest.raises(UsageError, match="--lora_target score: the model has no module of that name"):
+        check_lora_targets(parse_args(paths + ["--lora_target", "score"]), stories260k_dir)  # sft has lm_head
