@@ -20,9 +20,10 @@ CUDA without flash-attn (with it, flash_attention_2 runs packed and padded rows 
 run per document here. Per-document sdpa was picked over FlexAttention (transformers' `flex_attention`, a
 document-causal BlockMask) by measurement on this project's CPU, the only device at hand: attention of one
 packed 2048-token row of 8 documents, 8 heads x 64, fp32, one thread, forward, median of 15 interleaved
-calls: compiled FlexAttention 0.168 s, per-document sdpa 0.101 s (1.66x), dense masked sdpa 0.661 s
-(load average 11.5 on 2 cores: ratios only); FlexAttention has no backward on CPU at all ("FlexAttention
-does not support backward on CPU"), so it cannot train there. Padded batches on CUDA keep one dense masked
+calls, two runs: compiled FlexAttention 0.168 / 0.115 s, per-document sdpa 0.101 / 0.072 s (1.66x / 1.60x
+faster), dense masked sdpa 0.661 / 0.423 s (load average 11.5 / 7 on 2 shared cores: ratios only; torch 2.13);
+FlexAttention has no backward on CPU at all ("FlexAttention does not support backward on CPU"), so it
+cannot train there. Padded batches on CUDA keep one dense masked
 call: CALL_COST is a CPU measurement and the CUDA launch cost against pair cost is not measured yet.
 
 The mask builder registered with it is transformers' flash-attention one: it hands over the 2D padding
