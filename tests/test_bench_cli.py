@@ -122,6 +122,10 @@ def test_parity_refuses_different_padding_and_a_flat_reference(tmp_path, capsys)
     packed = write_jsonl(tmp_path / "p.jsonl", record("p", 1, losses=[2.0, 1.0], config={"padding": "packed"}))
     assert main(["parity", str(dynamic), str(packed)]) == 1
     assert "padding 'dynamic' vs 'packed'" in capsys.readouterr().out
+    elsewhere = write_jsonl(tmp_path / "e.jsonl", record("e", 1, losses=[2.0, 1.0],
+                                                          config={"data_path": "/npu/data/alpaca.json"}))  # fmt: skip
+    assert main(["parity", str(dynamic), str(elsewhere)]) == 0  # the same file on another machine's disk
+    capsys.readouterr()
     flat = write_jsonl(tmp_path / "f.jsonl", record("f", 1, losses=[2.0, 2.1]))
     assert main(["parity", str(flat), str(flat)]) == 1
     assert "the reference loss did not fall" in capsys.readouterr().out

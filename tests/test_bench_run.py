@@ -74,6 +74,17 @@ def test_rates_and_mfu_follow_from_the_counts(cli_run):
     assert record["model_flops_per_token"] == pytest.approx(model_flops / 64)
 
 
+def test_the_summary_names_both_utilisations_the_work_and_the_peaks_source(cli_run):
+    from llama_hw.bench.results import summary
+
+    record = json.loads(cli_run[0].stdout.strip().splitlines()[-1])
+    text = summary(record)
+    assert "of the work executed, model FLOPs utilisation" in text
+    assert "attention" in text and "(cpu-varlen), head on 62 rows (labelled)" in text
+    assert f"[{record['peak_source']['source']}" in text and "3 steps as asked (--steps)" in text
+    assert all(f"warning: {warning}" in text for warning in record["warnings"])
+
+
 @pytest.fixture
 def one_thread(monkeypatch, tmp_path):
     import torch

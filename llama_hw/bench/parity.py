@@ -71,11 +71,18 @@ class Parity:
         return text
 
 
+def _comparable(config: dict[str, Any], key: str) -> Any:
+    value = config.get(key)
+    if key in ("data_path", "lengths_from", "model") and isinstance(value, str):
+        return Path(value).name  # the same file lives at different paths on a GPU and an NPU machine
+    return value
+
+
 def config_differences(a: dict[str, Any], b: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
-    """The MUST_MATCH fields in which two records' configurations differ."""
+    """The MUST_MATCH fields in which two records' configurations differ (files compared by name)."""
     config_a, config_b = a.get("config", {}), b.get("config", {})
-    return {key: (config_a.get(key), config_b.get(key)) for key in MUST_MATCH
-            if config_a.get(key) != config_b.get(key)}  # fmt: skip
+    return {key: (_comparable(config_a, key), _comparable(config_b, key)) for key in MUST_MATCH
+            if _comparable(config_a, key) != _comparable(config_b, key)}  # fmt: skip
 
 
 def deviations(reference: list[float], other: list[float], drop: float) -> list[float]:
