@@ -4,6 +4,8 @@
     report = apply_patches(model, backend, mode="train")  # model may be None: process-level patches only
     print(report.render())                                 # one line per patch: applied / skipped + why
     report.revert()                                        # original behaviour, exactly
+    apply_patches(model, backend, training_args=args)      # with the TrainingArguments: Trainer options that
+                                                           # replace a patch (--use_liger_kernel) are honoured
 
 Applying twice equals applying once; `LLAMA_HW_PATCHES=all|none|name,name|all,-name` (or the
 `selection=` argument) chooses the patches; an unknown name is a UsageError listing the valid ones.
