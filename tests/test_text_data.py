@@ -298,3 +298,17 @@ def test_inspect_shows_the_windows_training_draws(corpus, stories260k_dir, windo
     out = capsys.readouterr().out
     for label in ("windows drawn", "length distribution", "tokens per epoch", "documents longer than 64"):
         assert label in out
+
+
+def test_eval_corpus_gets_fixed_windows_and_its_own_statistics(corpus, tmp_path, stories_tokenizer, outputs):
+    held_out = write_jsonl(tmp_path / "held_out.jsonl", [{"text": text} for text in outputs[200:230]])
+    data = build(corpus, stories_tokenizer, 64, text_cut="window", eval_data_path=str(held_out))
+    assert data.eval_stats.documents == 30 and data.stats.documents == 120
+    (callback,) = data.callbacks
+    from transformers import TrainerControl, TrainerState, TrainingArguments
+
+    before = data.eval_dataset.starts().copy()
+    callback.on_epoch_begin(TrainingArguments(output_dir="unused", report_to=[]), TrainerState(epoch=3.0),
+                            TrainerControl())
+    assert data.train_dataset.epoch == 3 and data.eval_dataset.epoch == 0  # evaluation compares like with like
+    assert np.array_equal(data.eval_dataset.starts(), before)
