@@ -24,7 +24,8 @@ class DataArguments:
         metadata={
             "help": "Training data: a JSON / JSONL file, or several separated by commas. Each file's format is "
             "detected: ShareGPT (conversations with from/value), OpenAI (messages with role/content) or "
-            "alpaca (instruction/input/output)."
+            "alpaca (instruction/input/output); or a text corpus (see --data_format): .txt files, records "
+            "with 'text', directories and glob patterns."
         }
     )
     eval_data_path: str | None = field(
