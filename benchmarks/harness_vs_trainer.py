@@ -6,8 +6,9 @@ process. The trainer side is `llama_hw.train`'s own session with one extra Train
 time and Trainer's own count of non-padding tokens (`include_num_input_tokens_seen="non_padding"`) at the
 end of every step: nothing of the harness (its meter, token counter or stop rule) is involved. Runs
 alternate trainer / bench / bench / trainer (ABBA per round) so that neither side always runs first and a
-change in machine load hits both. Printed: each run's effective tokens/s, the medians, their ratio, and
-the load average around every run.
+change in machine load hits both. Printed: each run's effective tokens/s (total tokens over total time,
+as `bench run` reports it) and its median per-step rate (robust to a few steps slowed by other jobs), the
+medians of both over the runs, their ratios, and the load average around every run.
 
     python benchmarks/harness_vs_trainer.py [--padding dynamic packed] [--rounds 2] [--steps 30] [--warmup 2]
         [--seq-len 2048] [--micro-batch 4] [--output F.json]
@@ -70,9 +71,11 @@ def trainer_worker(argv: list[str], warmup: int) -> dict:
     session = build_session(config, callbacks=[timer])
     session.trainer.train()
     (start, tokens_start), (end, tokens_end) = timer.marks[warmup], timer.marks[-1]
-    steps = [b[0] - a[0] for a, b in zip(timer.marks[warmup:], timer.marks[warmup + 1:])]
+    pairs = list(zip(timer.marks[warmup:], timer.marks[warmup + 1:]))
+    steps = [b[0] - a[0] for a, b in pairs]
     return {"effective_tokens_per_s": (tokens_end - tokens_start) / (end - start), "steps": len(steps),
-            "step_p50_s": statistics.median(steps), "seconds": end - start}  # fmt: skip
+            "step_p50_s": statistics.median(steps), "seconds": end - start,
+            "median_step_rate": statistics.median((b[1] - a[1]) / (b[0] - a[0]) for a, b in pairs)}  # fmt: skip
 
 
 def run_trainer(model: Path, padding: str, args, work: Path) -> dict:
@@ -98,7 +101,7 @@ def run_bench(model: Path, padding: str, args, work: Path) -> dict:
     record = _result(subprocess.run(command, capture_output=True, text=True), "{")
     return {"effective_tokens_per_s": record["tokens_per_s_per_device"]["effective"],
             "steps": record["measured_steps"], "step_p50_s": record["step_time_s"]["p50"],
-            "seconds": sum(record["step_times_s"])}  # fmt: skip
+            "seconds": sum(record["step_times_s"]), "median_step_rate": record["rate_stability"]["median"]}  # fmt: skip
 
 
 def _result(result: subprocess.CompletedProcess, prefix: str) -> dict:
@@ -135,19 +138,22 @@ def main() -> None:
                                   load_after=load())  # fmt: skip
                     report["runs"].append(result)
                     print(f"{padding:8} round {round_number + 1} {side:8} {result['effective_tokens_per_s']:8,.0f} "
-                          f"effective tokens/s ({result['steps']} steps, p50 {result['step_p50_s']:.3f} s; load "
-                          f"{before:.2f} -> {result['load_after']:.2f})", flush=True)  # fmt: skip
+                          f"effective tokens/s, median step {result['median_step_rate']:8,.0f} ({result['steps']} "
+                          f"steps, p50 {result['step_p50_s']:.3f} s; load {before:.2f} -> {result['load_after']:.2f})",
+                          flush=True)  # fmt: skip
     finally:
         shutil.rmtree(work, ignore_errors=True)
     report["summary"] = {}
     for padding in args.padding:
-        medians = {side: statistics.median(r["effective_tokens_per_s"] for r in report["runs"]
-                                           if r["padding"] == padding and r["side"] == side)
-                   for side in ("trainer", "bench")}  # fmt: skip
-        ratio = medians["bench"] / medians["trainer"]
-        report["summary"][padding] = {**medians, "bench_over_trainer": ratio}
-        print(f"{padding}: trainer {medians['trainer']:,.0f}, bench {medians['bench']:,.0f} effective tokens/s "
-              f"(bench / trainer {ratio:.3f})")  # fmt: skip
+        summary = {}
+        for key in ("effective_tokens_per_s", "median_step_rate"):  # the second is robust to a few slowed steps
+            medians = {side: statistics.median(r[key] for r in report["runs"]
+                                               if r["padding"] == padding and r["side"] == side)
+                       for side in ("trainer", "bench")}  # fmt: skip
+            summary[key] = {**medians, "bench_over_trainer": medians["bench"] / medians["trainer"]}
+            print(f"{padding} {key}: trainer {medians['trainer']:,.0f}, bench {medians['bench']:,.0f} "
+                  f"(bench / trainer {summary[key]['bench_over_trainer']:.3f})")  # fmt: skip
+        report["summary"][padding] = summary
     if args.output:
         args.output.write_text(json.dumps(report, indent=1) + "\n")
 
