@@ -168,7 +168,7 @@ def chunked_loss_forward(stock):
             and labels is not None
             and torch.is_grad_enabled()
             and isinstance(logits_to_keep, int) and logits_to_keep == 0
-            and kwargs.get("return_dict", True)
+            and kwargs.get("return_dict") is not False  # peft passes return_dict=None: the default, a dict
             and "_loss_function" not in vars(model)  # a custom loss set on this model
             and head_usable(model)
         ):
