@@ -136,9 +136,10 @@ def main() -> None:
     parser.add_argument("--max-wait", type=float, default=600.0, help="then start anyway after this many seconds")
     parser.add_argument("--time-limit", type=float, default=90.0, help="seconds of measuring per run at most")
     parser.add_argument("--only", nargs="*", help="run names to run (default: all)")
-    parser.add_argument("--output", type=Path, default=HERE / "results" / "cpu.jsonl")
-    parser.add_argument("--peak-file", type=Path, default=HERE / "results" / "cpu_peak.json")
-    parser.add_argument("--table", type=Path, default=HERE / "results" / "cpu_table.md")
+    # results/cpu.jsonl and cpu_peak.json hold the history of another machine: new runs go beside them
+    parser.add_argument("--output", type=Path, default=HERE / "results" / "cpu_latest.jsonl")
+    parser.add_argument("--peak-file", type=Path, default=HERE / "results" / "cpu_latest_peak.json")
+    parser.add_argument("--table", type=Path, default=HERE / "results" / "cpu_latest_table.md")
     args = parser.parse_args()
     names = args.only or list(RUNS)
     unknown = [name for name in names if name not in RUNS]
