@@ -11,6 +11,7 @@ from train_support import logged_losses, one_thread, small_run  # noqa: F401 - f
 from transformers import TrainerCallback
 
 from llama_hw.errors import run_cli
+from llama_hw.models import read_run_metadata
 from llama_hw.train import build_session, parse_args
 from llama_hw.train.recipe import main
 
@@ -45,6 +46,7 @@ def test_continued_pretraining_on_text_lowers_the_loss(tmp_path, stories260k_dir
     assert len(losses) == 40
     assert mean(losses[-5:]) < 0.8 * mean(losses[:5])
     assert (out / "model.safetensors").is_file()
+    assert read_run_metadata(out)["template"] == "raw"  # what chat uses on it: a base model, no chat format
 
 
 class CrashAtStep(TrainerCallback):

@@ -39,6 +39,8 @@ def build_text_data(args, tokenizer, model_max_length: int):
         evaluation, eval_stats = _split(args.eval_data_path, args, tokenizer, model_max_length)
     collator = make_collator("packed" if args.packing else "dynamic", tokenizer, model_max_length,
                              args.pad_to_multiple_of)
+    # A pre-trained model has no conversation format: the run records `raw`, the template chat then uses.
+    args.template = RAW_TEMPLATE
     windows = [d for d in (train, evaluation) if isinstance(d, WindowDataset)]
     callbacks = [window_epoch_callback(windows[:1])] if windows else []  # eval windows stay at epoch 0
     return SFTData(train, evaluation, collator, stats, eval_stats, get_template(RAW_TEMPLATE), callbacks)
