@@ -38,6 +38,7 @@ QLORA_BYTES = 0.5 + 4 / 64  # NF4 weights plus one fp32 absmax per 64-weight blo
 HEAD_BYTES_PER_LOGIT = 12  # fp32 log-softmax, its gradient and the logits' gradient
 CHUNK_POSITIONS = 256  # chunked_cross_entropy's positions per chunk
 FRAGMENTATION = 0.08  # caching allocators hold this share above the live tensors
+ZERO3_LIVE_PARAMETERS = 10**9  # stage3_max_live_parameters of the zero3 presets
 ENGINES = ("ddp", "zero1", "zero2", "zero3", "fsdp2")
 OFFLOADS = ("none", "optimizer", "optimizer+parameters")
 
@@ -215,7 +216,10 @@ def bucket_bytes(job: Job, config: Configuration) -> int:
     if config.engine in ("zero1", "zero2"):
         return 2 * a * h2
     if config.engine == "zero3":
-        return 2 * a * h2 + int(0.9 * h2) * a  # + stage3_prefetch_bucket_size
+        # + stage3_prefetch_bucket_size, and the gathered parameters ZeRO-3 keeps for reuse: llama_hw's presets
+        # allow stage3_max_live_parameters = stage3_max_reuse_distance = 1e9, so up to 1e9 stay gathered
+        live = max(0, min(counts.total, ZERO3_LIVE_PARAMETERS) - counts.largest_layer) * a
+        return 2 * a * h2 + int(0.9 * h2) * a + live
     return 0
 
 

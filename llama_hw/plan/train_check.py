@@ -100,7 +100,8 @@ def plan_training(config, backend, parallelism, model_dir: Path, data, chunked_h
     precision = "bf16" if training.get("bf16") else "fp16" if training.get("fp16") else "fp32"
     world = parallelism.world_size
     local = int(os.environ.get("LOCAL_WORLD_SIZE", world))
-    job = Job(shape, finetuning.finetuning_type, finetuning.lora_r, tuple(targets), finetuning.lora_dropout, precision,
+    job = Job(shape, finetuning.finetuning_type, finetuning.lora_r or 8, tuple(targets), finetuning.lora_dropout or 0.0,
+              precision,
               config.model.model_max_length, world, max(1, world // max(1, local)),
               int(training.get("gradient_accumulation_steps") or 1))  # fmt: skip
     engine, offload = engine_of(parallelism.deepspeed, parallelism.fsdp)

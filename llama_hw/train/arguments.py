@@ -122,6 +122,10 @@ class RunArguments:
         default=False,
         metadata={"help": "Start over in an output_dir that already holds checkpoints or a trained model."},
     )
+    ignore_plan: bool = field(
+        default=False,
+        metadata={"help": "Train even when llama_hw.plan predicts more than 1.25x the device's memory."},
+    )
     # FastChat's spelling of an fsdp_config key (transformers 5 removed the flag).
     fsdp_transformer_layer_cls_to_wrap: list[str] | None = field(
         default=None, metadata={"help": "FSDP: decoder layer class(es) sharded as units (default: the model's)."}

@@ -18,7 +18,7 @@ from typing import Any
 from llama_hw.backends import Backend
 from llama_hw.errors import UsageError
 
-PRESETS = ("zero1", "zero2", "zero3", "zero3_offload")
+PRESETS = ("zero1", "zero2", "zero2_offload_optimizer", "zero3", "zero3_offload_optimizer", "zero3_offload")
 
 
 def preset_path(name: str):

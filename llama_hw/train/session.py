@@ -32,6 +32,8 @@ from llama_hw.train.model import (
 )
 from llama_hw.train.logs import logger
 from llama_hw.train.rerun import RECORD_FIELD, finished_run, training_record
+from llama_hw.models.hub import model_reference
+from llama_hw.models.loading import check_adapter_dir
 from llama_hw.utils import distributed
 
 
@@ -67,6 +69,7 @@ class TrainingSession:
     parameters: ParameterCount
     patch_report: Any
     data: Any  # SFTData from llama_hw.data, or ClsData
+    memory_plan: Any = None  # llama_hw.plan.train_check.TrainingPlan: the predicted peak memory
     overwrite: bool = False  # --overwrite_output_dir, unless this is an elastic restart
     notes: list[str] = field(default_factory=list)
 
@@ -101,7 +104,7 @@ class TrainingSession:
         sft = self.config.model.task == "sft"
         fields = {
             "template": self.config.data.template if sft else "raw",
-            "base_model": str(self.model_dir.resolve()),
+            "base_model": model_reference(self.config.model.model_name_or_path, self.model_dir),
             "finetuning_type": self.config.finetuning.finetuning_type,
             "task": self.config.model.task,
             "model_max_length": self.config.model.model_max_length,
@@ -114,6 +117,8 @@ class TrainingSession:
             "llama_hw_version": __version__,
             RECORD_FIELD: training_record(self.config),  # what a re-run of the command is compared with
         }
+        if self.memory_plan is not None:  # the planner's prediction beside what this run really held
+            fields["memory_plan"] = self.memory_plan.record(self.backend.memory_stats().peak_allocated_bytes)
         if not sft:  # export rebuilds the classification head of a LoRA run from these
             fields.update(labels=self.data.labels.config_fields(), pad_token_id=self.tokenizer.pad_token_id)
         return fields
@@ -167,9 +172,8 @@ def check_combinations(config: TrainConfig, backend: Backend, deepspeed: dict | 
     for precision in ("bf16", "fp16"):
         if training.get(precision) or training.get(f"{precision}_full_eval"):
             backend.check_precision(precision)
-    if config.finetuning.lora_weight_path and not (Path(config.finetuning.lora_weight_path) / "adapter_config.json").is_file():
-        raise UsageError(f"--lora_weight_path {config.finetuning.lora_weight_path} is not a LoRA adapter "
-                         "directory (no adapter_config.json)")
+    if config.finetuning.lora_weight_path:
+        check_adapter_dir(config.finetuning.lora_weight_path, flag="--lora_weight_path")
     if config.model.task == "cls" and training.get("do_predict") and not config.data.eval_data_path:
         raise UsageError("--do_predict needs --eval_data_path: the records to predict")
 
@@ -244,7 +248,7 @@ def build_session(config: TrainConfig, callbacks: list | tuple = ()) -> Training
     selection = select_backend(config.run.device)
     backend = selection.backend
     notes = list(config.notes)
-    model_dir = check_model_dir(config.model.model_name_or_path)
+    model_dir = check_model_dir(config.model.model_name_or_path, cache_dir=config.model.cache_dir)
     deepspeed = load_deepspeed_config(config.training.get("deepspeed"))
     fsdp = fsdp_plan(config.training.get("fsdp"), config.training.get("fsdp_config"),
                      config.run.fsdp_transformer_layer_cls_to_wrap)
@@ -279,6 +283,12 @@ def build_session(config: TrainConfig, callbacks: list | tuple = ()) -> Training
                                trust_remote_code=config.model.trust_remote_code)
     with args.main_process_first(local=False, desc="tokenizing the data"):
         data = build_data(config, tokenizer)
+    memory_plan = predict_memory(config, backend, parallelism, model_dir, data, args)
+    if memory_plan is not None:
+        notes.append(memory_plan.describe())
+        memory_plan.check(ignore=config.run.ignore_plan)
+
+    backend.manual_seed(args.seed)  # LoRA adapters are initialised while loading: the same run, the same adapters
 
     model = load_training_model(
         config.model, model_dir,
@@ -294,7 +304,7 @@ def build_session(config: TrainConfig, callbacks: list | tuple = ()) -> Training
         fit_embeddings_to_tokenizer(model, tokenizer)
     model = apply_finetuning(model, config.finetuning, task=config.model.task,
                              gradient_checkpointing=bool(args.activation_checkpointing))
-    patch_report = apply_patches(model, backend, mode="train", selection=config.run.patches)
+    patch_report = apply_patches(model, backend, mode="train", selection=config.run.patches, training_args=args)
 
     compute_metrics = None
     if config.model.task == "cls":
@@ -315,4 +325,18 @@ def build_session(config: TrainConfig, callbacks: list | tuple = ()) -> Training
         config=config, backend=backend, backend_reason=selection.reason, parallelism=parallelism,
         trainer=trainer, tokenizer=tokenizer, model_dir=model_dir, resume_from=resume_from,
         parameters=count_parameters(model), patch_report=patch_report, data=data, overwrite=overwrite, notes=notes,
+        memory_plan=memory_plan,
     )
+
+
+def predict_memory(config: TrainConfig, backend: Backend, parallelism: Parallelism, model_dir: Path, data, args):
+    """llama_hw.plan's prediction for these flags (None for models it does not describe, e.g. cls heads)."""
+    from llama_hw.patches import describe_patches
+    from llama_hw.plan.train_check import plan_training
+
+    if config.model.task != "sft":
+        return None
+    chunked = any(patch["name"] == "chunked_cross_entropy" and patch["status"] == "applies"
+                  for patch in describe_patches(backend, "llama", "train", selection=config.run.patches,
+                                                training_args=args))  # fmt: skip
+    return plan_training(config, backend, parallelism, model_dir, data, chunked_head=chunked)
