@@ -26,6 +26,7 @@ from llama_hw.bench.stability import StopRule
 from llama_hw.bench.tokens import TokenCounter
 from llama_hw.bench.work import WorkLayout, work_layout
 from llama_hw.errors import UsageError
+from llama_hw.models.hub import looks_like_hub_id, resolve_model_path
 from llama_hw.utils import distributed
 
 SAMPLINGS = ("sequential", "random", "group_by_length")
@@ -96,8 +97,9 @@ class BenchSpec:
             raise UsageError("--data_path trains on real data and --lengths-from on synthetic data; give one")
         if not self.is_preset:
             path = Path(self.model)
-            if not path.is_dir():
-                raise UsageError(f"--model {self.model}: neither a preset ({', '.join(PRESETS)}) nor a directory")
+            if not path.is_dir() and not looks_like_hub_id(self.model):
+                raise UsageError(f"--model {self.model}: neither a preset ({', '.join(PRESETS)}), a directory nor a "
+                                 "Hub id (org/name)")  # fmt: skip
             if self.overrides.any():
                 raise UsageError("--layers/--hidden/--heads/--kv-heads/--intermediate/--vocab shrink a preset; "
                                  f"--model {self.model} is a checkpoint directory")  # fmt: skip
@@ -283,7 +285,8 @@ def _build(spec: BenchSpec, backend, precision: str, output_dir: Path, progress:
         init_deepspeed_distributed(backend)
     args = training_arguments(config, backend, parallelism, notes)
 
-    tokenizer_dir = spec.tokenizer or (None if spec.is_preset else spec.model)
+    model_dir = None if spec.is_preset else resolve_model_path(spec.model, flag="--model")  # a Hub id: its cache
+    tokenizer_dir = spec.tokenizer or (None if spec.is_preset else str(model_dir))
     tokenizer = load_tokenizer(tokenizer_dir, model_max_length=spec.seq_len) if tokenizer_dir else None
     dtype = compute_dtype(args.fp16, args.bf16)
     if spec.is_preset:
@@ -295,9 +298,9 @@ def _build(spec: BenchSpec, backend, precision: str, output_dir: Path, progress:
         model_dtype = torch.float32 if spec.finetuning_type == "full" else dtype  # full: fp32 master weights
         model = preset_model(shape, model_dtype, backend.device(distributed.local_rank()), spec.seed)
     else:
-        shape = ModelShape.from_config(load_config(config.model, Path(spec.model)))
+        shape = ModelShape.from_config(load_config(config.model, model_dir))
         check_fits(spec, shape, backend, precision, parallelism)
-        model = load_training_model(config.model, Path(spec.model), finetuning_type=spec.finetuning_type,
+        model = load_training_model(config.model, model_dir, finetuning_type=spec.finetuning_type,
                                     dtype=dtype, backend=backend, local_rank=distributed.local_rank(),
                                     pad_token_id=tokenizer.pad_token_id if tokenizer else None)  # fmt: skip
         if tokenizer is not None:
@@ -310,7 +313,7 @@ def _build(spec: BenchSpec, backend, precision: str, output_dir: Path, progress:
     parameters = count_parameters(model)
     adapters = parameters.total - base_parameters
     flops = FlopsModel.for_shape(shape, adapter_parameters=adapters, full=spec.finetuning_type == "full")
-    patch_report = apply_patches(model, backend, mode="train", selection=spec.patches)
+    patch_report = apply_patches(model, backend, mode="train", selection=spec.patches, training_args=args)
 
     layout = work_layout(patch_report, model, shape.num_attention_heads * shape.head_dim)
     counter = TokenCounter(layout)
