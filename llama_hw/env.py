@@ -9,8 +9,9 @@ import sys
 from typing import Any
 
 from llama_hw.backends import AUTO, backend_classes, select_backend
-from llama_hw.patches import describe_patches
 from llama_hw.backends.npu import cann_version
+from llama_hw.errors import UsageError
+from llama_hw.patches import describe_patches
 from llama_hw.utils.imports import package_version
 
 VERSIONED_DISTRIBUTIONS = (
@@ -119,13 +120,22 @@ def render(report: dict[str, Any]) -> None:
     console.print(table)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="llama-hw env", description=__doc__)
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line and exit code 2, like every llama_hw error
+        raise UsageError(f"{message} (see `llama-hw env --help`)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="llama-hw env", description=__doc__, allow_abbrev=False)
     parser.add_argument("--device", default=None, help=f"cpu, cuda, npu or {AUTO} (default: LLAMA_HW_DEVICE or auto)")
     parser.add_argument("--json", action="store_true", help="print one JSON object for scripts")
     parser.add_argument("--probe", action="store_true", help="CPU: run the GEMM peak probe again even if one is "
                         "cached; the cache keeps it if the machine was quiet or it beats the cached figure")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     report = collect(args.device, reprobe=args.probe)
     if args.json:
         json.dump(report, sys.stdout, indent=1)

@@ -100,3 +100,12 @@ def test_unknown_command_and_device_exit_2():
     assert result.returncode == 2 and "unknown command 'frobnicate'" in result.stderr
     result = run_env("--device", "tpu")
     assert result.returncode == 2 and "unknown device 'tpu'" in result.stderr
+
+
+def test_a_bad_flag_is_one_line():
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "llama_hw.env", "--jsn"], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.strip() == "error: unrecognized arguments: --jsn (see `llama-hw env --help`)"
