@@ -20,6 +20,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from llama_hw.backends.cpu import CpuBackend
 from llama_hw.bench.presets import PRESETS
 from llama_hw.plan.job import Job
 from llama_hw.plan.memory import Configuration, Rows, estimate
@@ -78,7 +79,8 @@ def measure(run: tuple) -> dict:
 
 def predict(run: tuple, reserve: int):
     finetuning, seq_len, micro, checkpointing, chunked, zero, ranks = run
-    job = Job(SHAPE, finetuning_type=finetuning, precision="fp32", seq_len=seq_len, world_size=ranks)
+    job = Job(SHAPE, finetuning_type=finetuning, precision="fp32", seq_len=seq_len, world_size=ranks,
+              dropout_mask_bytes=CpuBackend.dropout_mask_bytes)  # fmt: skip
     config = Configuration(f"zero{zero}" if zero else "ddp", "none", checkpointing, micro, chunked)
     return estimate(job, config, Rows(seq_len, seq_len), reserve)
 

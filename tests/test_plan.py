@@ -195,3 +195,18 @@ def test_hub_id_reads_the_cached_config_only(tmp_path, monkeypatch, stories260k_
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     data = plan_json("--model", "llama-hw-test/stories260K", "--device-product", "A10", "--precision", "fp16")
     assert data["model"]["hidden_size"] == 64 and data["model"]["vocab_size"] == 512
+
+
+def test_text_corpus_rows(tmp_path, monkeypatch, shared_dir, stories260k_dir):
+    """A continued pre-training corpus (default cut: concatenated full rows, every token labelled)."""
+    monkeypatch.setenv("LLAMA_HW_CACHE_DIR", str(tmp_path / "cache"))
+    records = json.loads((shared_dir / "data" / "alpaca" / "alpaca_en_demo.json").read_text())[:200]
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"text": r["output"]}) + "\n" for r in records))
+    data = plan_json("--model", str(stories260k_dir), "--data_path", str(corpus), "--tokenizer", str(stories260k_dir),
+                     "--device", "cpu", "--device-memory", "4", "--precision", "fp32", "--seq-len", "128",
+                     "--max-micro-batch", "2")  # fmt: skip
+    assert data["tokens_per_epoch"] > 10_000  # the whole corpus once, in 128-token rows
+    full_rows = [c for c in data["configurations"] if not c["packing"] and c["micro_batch"] == 2]
+    assert all(c["memory_bytes"]["activations"] > 0 for c in full_rows)
+    assert data["recommended"] is not None

@@ -62,6 +62,9 @@ class Backend(abc.ABC):
     visible_devices_env: ClassVar[str | None] = None
     # Variables a multi-node launcher carries to remote nodes (besides LLAMA_HW_*).
     forwarded_env_prefixes: ClassVar[tuple[str, ...]] = ()
+    # Bytes per element of the mask dropout saves for backward: a bool from CUDA's and Ascend's fused dropout;
+    # torch's CPU dropout multiplies by a float noise tensor of the input's dtype (4 bytes in fp32).
+    dropout_mask_bytes: ClassVar[int] = 1
 
     # -- availability -------------------------------------------------------------------------
     @abc.abstractmethod

@@ -129,6 +129,7 @@ def _read_cache(path: Path) -> dict[str, Any]:
 
 class CpuBackend(Backend):
     name = "cpu"
+    dropout_mask_bytes = 4
     detection_order = 100
     torch_device_type = "cpu"
     dist_backend = "gloo"

@@ -57,6 +57,7 @@ class Job:
     world_size: int = 1
     nodes: int = 1
     gradient_accumulation_steps: int = 1
+    dropout_mask_bytes: int = 1  # the backend's (Backend.dropout_mask_bytes)
 
     def __post_init__(self):
         if self.finetuning_type not in FINETUNING_TYPES:

@@ -18,7 +18,7 @@ dtype, r = bytes of the residual stream — 4 under autocast over fp32 master we
   eager attention adds the fp32 softmax and its 16-bit copy, (4 + a)·heads·S, and GQA's repeated k, v;
 - SwiGLU MLP: gate and up outputs, SiLU's output and the product, 4·a·I;
 - LoRA over frozen weights saves no base-layer inputs (a frozen matmul needs only its weight for the
-  input gradient); each adapter saves its dropout mask (1 byte) and dropped input (fp32, or the 16-bit
+  input gradient); each adapter saves its dropout mask (1 byte; 4 on CPU) and dropped input (fp32, or the 16-bit
   dtype under DeepSpeed) per input feature, and the MLP keeps 3·a·I.
 Gradient checkpointing keeps each layer's input (r·h) and recomputes one layer at a time.
 The stock loss materialises the [tokens, vocab] logits: at the start of backward the fp32 log-softmax,
@@ -179,7 +179,7 @@ def layer_activation_bytes(job: Job, config: Configuration, row_len: int) -> flo
     # Adapters are fp32 (llama_hw's choice) except under DeepSpeed, whose engine casts the whole module to the
     # 16-bit dtype. Each adapter saves its dropout mask and dropped input, or with no dropout the cast input.
     adapter = a if config.engine.startswith("zero") else 4
-    per_feature = (1 + adapter) if job.lora_dropout > 0 else (adapter if adapter != a else 0)
+    per_feature = (job.dropout_mask_bytes + adapter) if job.lora_dropout > 0 else (adapter if adapter != a else 0)
     adapters = sum(per_feature * widths[name] for name in job.lora_target)
     return 2 * 4 * h + attention_core + 3 * a * i + adapters
 

@@ -81,7 +81,8 @@ def build_plan(args: argparse.Namespace) -> Plan:
         name.strip() for name in args.lora_target.split(",") if name.strip())  # fmt: skip
     world = args.devices or (backend.device_count() if backend is not None else 1) * args.nodes
     job = Job(model_shape(args.model), args.finetuning_type, args.lora_r, targets, args.lora_dropout, precision,
-              args.seq_len, world, args.nodes, args.gradient_accumulation_steps)  # fmt: skip
+              args.seq_len, world, args.nodes, args.gradient_accumulation_steps,
+              _backend_class(args.device_product, backend).dropout_mask_bytes)  # fmt: skip
     mfu = None
     notes = []
     if args.calibrate:
@@ -110,6 +111,13 @@ def host_memory_bytes(gib: float | None) -> int:
     import psutil
 
     return psutil.virtual_memory().total
+
+
+def _backend_class(product_name: str | None, backend):
+    from llama_hw.backends import backend_classes
+    from llama_hw.backends.products import find_product
+
+    return backend_classes()[find_product(product_name).backend] if product_name else type(backend)
 
 
 def _default_precision(product_name: str | None, backend) -> str:

@@ -55,7 +55,18 @@ def profile_from_data(data_path: str, template: str | None, tokenizer_path: str,
     arguments = DataArguments(data_path=data_path) if template is None else DataArguments(data_path=data_path,
                                                                                            template=template)  # fmt: skip
     data = build_sft_data(arguments, tokenizer, seq_len)
-    lengths = np.asarray(data.train_dataset["length"], dtype=np.int64)
-    stats = data.stats
-    trained = (stats.trained_tokens or 0) / stats.tokens if stats.tokens else 1.0
-    return LengthProfile(lengths, trained, seq_len)
+    return LengthProfile(sample_lengths(data.train_dataset), trained_fraction(data.stats), seq_len)
+
+
+def sample_lengths(dataset) -> np.ndarray:
+    """Tokens of every training sample: the conversations' `length` column, or a text corpus's rows
+    (its windows or chunks, as `llama_hw.data.windows` cuts them)."""
+    for rows in ("window_lengths", "row_lengths"):
+        if hasattr(dataset, rows):
+            return np.asarray(getattr(dataset, rows)(), dtype=np.int64)
+    return np.asarray(dataset["length"], dtype=np.int64)
+
+
+def trained_fraction(stats) -> float:
+    trained = getattr(stats, "trained_tokens", None)
+    return trained / stats.tokens if trained and stats.tokens else 1.0  # text: loss on every token

@@ -103,7 +103,7 @@ def plan_training(config, backend, parallelism, model_dir: Path, data, chunked_h
     job = Job(shape, finetuning.finetuning_type, finetuning.lora_r or 8, tuple(targets), finetuning.lora_dropout or 0.0,
               precision,
               config.model.model_max_length, world, max(1, world // max(1, local)),
-              int(training.get("gradient_accumulation_steps") or 1))  # fmt: skip
+              int(training.get("gradient_accumulation_steps") or 1), backend.dropout_mask_bytes)  # fmt: skip
     engine, offload = engine_of(parallelism.deepspeed, parallelism.fsdp)
     packing = bool(getattr(config.data, "packing", False))
     checkpointing = bool(training.get("gradient_checkpointing") or training.get("activation_checkpointing"))
