@@ -47,8 +47,10 @@ SKIP_HINT = "fix the record, or pass --on_bad_record skip to skip bad records"
 class RecordError(ValueError):
     """One record breaks one rule; `read_records` adds the file and index."""
 
+    rules = RULES
+
     def __init__(self, rule: str, detail: str):
-        assert rule in RULES, rule
+        assert rule in self.rules, rule
         super().__init__(f"{rule}: {detail}")
         self.rule = rule
 

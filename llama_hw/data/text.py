@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llama_hw.data.encoding import check_head, decode
-from llama_hw.data.formats import FORMATS, SKIP_HINT, split_paths
+from llama_hw.data.formats import FORMATS, SKIP_HINT, RecordError, split_paths
 from llama_hw.errors import DataError, UsageError
 
 TEXT_KEY = "text"
@@ -45,11 +45,10 @@ TEXT_RULES = {
 }
 
 
-class TextRecordError(ValueError):
-    def __init__(self, rule: str, detail: str):
-        assert rule in TEXT_RULES, rule
-        super().__init__(f"{rule}: {detail}")
-        self.rule = rule
+class TextRecordError(RecordError):
+    """One text record breaks one of the corpus rules."""
+
+    rules = TEXT_RULES
 
 
 @dataclass(frozen=True)
