@@ -71,7 +71,7 @@ def test_patched_loss_and_gradients_equal_stock_whatever_the_backend(backend_nam
     stock = tiny_llama().train()
     patched = copy.deepcopy(stock)
     report = apply_patches(patched, backend, "train", selection="chunked_cross_entropy")
-    assert report.applied == ["chunked_cross_entropy"]
+    assert "chunked_cross_entropy" in report.applied  # process-level patches join the first call of a process
     ids, labels = batch()
     expected, expected_grads = loss_and_grads(stock, ids, labels)
     got, grads = loss_and_grads(patched, ids, labels)

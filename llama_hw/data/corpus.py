@@ -12,6 +12,7 @@ serves every window length. Text such as `<s>` inside a document stays text (spl
 from __future__ import annotations
 
 import atexit
+import inspect
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -83,6 +84,8 @@ def tokenize_corpus(shards: list[Shard], tokenizer, on_bad_record: str, num_proc
     from datasets.exceptions import DatasetGenerationError
 
     workers = min(num_proc, len(shards)) if num_proc and num_proc > 1 else None
+    # `fingerprint` (names the result without hashing the tokenizer) is newer than datasets 3.0, our floor
+    named = {"fingerprint": fingerprint} if "fingerprint" in inspect.signature(Dataset.from_generator).parameters else {}
     try:
         return Dataset.from_generator(
             document_rows,
@@ -91,8 +94,8 @@ def tokenize_corpus(shards: list[Shard], tokenizer, on_bad_record: str, num_proc
             gen_kwargs={"shards": shards, "tokenizer": tokenizer, "on_bad_record": on_bad_record,
                         "error_dir": str(scratch)},
             num_proc=workers if workers and workers > 1 else None,
-            fingerprint=fingerprint,
             writer_batch_size=WRITER_BATCH,
+            **named,
         )
     except DatasetGenerationError as err:  # datasets wraps what the generator raised: a bad record
         cause = err.__cause__ or err.__context__
