@@ -10,6 +10,8 @@ from dataclasses import dataclass
 import pytest
 import torch
 
+from llama_hw.backends.npu import NpuBackend
+
 NPU_OPS = ("npu_fusion_attention", "npu_scaled_masked_softmax", "npu_rms_norm", "npu_rotary_mul", "npu_swiglu")
 CHIPS = {"910B": "Ascend910B3", "910A": "Ascend910A"}
 # Every patch but the chunked head, whose training output has no logits: these tests compare logits.
@@ -119,3 +121,17 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch):
+    """No patch selection, accelerator or device from the calling shell (or an earlier test)."""
+    for name in ("LLAMA_HW_PATCHES", "DS_ACCELERATOR", "LLAMA_HW_DEVICE"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def npu(fake_torch_npu, monkeypatch):
+    monkeypatch.setenv("FAKE_NPU_NAME", "Ascend910B3")
+    fake_torch_npu()
+    return NpuBackend()

@@ -20,24 +20,11 @@ import torch
 from bench_support import tiny_llama
 from llama_hw.backends.cpu import CpuBackend
 from llama_hw.backends.cuda import CudaBackend
-from llama_hw.backends.npu import NpuBackend
 from llama_hw.patches import apply_patches, describe_patches
 from llama_hw.patches import chunked_cross_entropy as head
+from patches_support import clean_env, npu  # noqa: F401 - fixtures (clean_env is autouse)
 
 CLOSE = {"rtol": 1e-5, "atol": 1e-6}
-
-
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch):
-    for name in ("LLAMA_HW_PATCHES", "DS_ACCELERATOR", "LLAMA_HW_DEVICE"):
-        monkeypatch.delenv(name, raising=False)
-
-
-@pytest.fixture
-def npu(fake_torch_npu, monkeypatch):
-    monkeypatch.setenv("FAKE_NPU_NAME", "Ascend910B3")
-    fake_torch_npu()
-    return NpuBackend()
 
 
 def outcome(report, name):

@@ -19,10 +19,11 @@ import torch
 from conftest import FAKES, REPO, subprocess_env
 from llama_hw.backends.cpu import CpuBackend
 from llama_hw.backends.cuda import CudaBackend
-from llama_hw.backends.npu import NpuBackend
 from llama_hw.errors import DeviceUnavailable, UsageError
 from llama_hw.patches import apply_patches, describe_patches
-from patches_support import (
+from patches_support import (  # noqa: F401 - clean_env (autouse) and npu are fixtures
+    clean_env,
+    npu,
     assert_same,
     forward_backward,
     fresh_copy,
@@ -34,19 +35,6 @@ from patches_support import (
 # forward_backward compares logits, which chunked_cross_entropy leaves out of a training forward
 KEEP_LOGITS = "all,-chunked_cross_entropy"
 NPU_MODEL_PATCHES = ["npu_fusion_attention", "npu_fused_softmax", "npu_rms_norm", "npu_rotary_mul", "npu_swiglu"]
-
-
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch):
-    for name in ("LLAMA_HW_PATCHES", "DS_ACCELERATOR", "LLAMA_HW_DEVICE"):
-        monkeypatch.delenv(name, raising=False)
-
-
-@pytest.fixture
-def npu(fake_torch_npu, monkeypatch):
-    monkeypatch.setenv("FAKE_NPU_NAME", "Ascend910B3")
-    fake_torch_npu()
-    return NpuBackend()
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from train_support import file_hashes, logged_losses, one_thread, small_run
-from transformers import TrainerCallback
+from train_support import CrashAtStep, file_hashes, logged_losses, one_thread, small_run
 
 from llama_hw.errors import run_cli
 from llama_hw.models import METADATA_FILE, read_run_metadata
@@ -76,15 +75,6 @@ def test_resuming_from_the_last_step_trains_no_further(finished, tmp_path, stori
     assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 4
     assert read_run_metadata(out)["global_step"] == 4
     assert file_hashes(out)["model.safetensors"] == model_before  # the weights of step 4, published again
-
-
-class CrashAtStep(TrainerCallback):
-    def __init__(self, step: int):
-        self.step = step
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == self.step:
-            raise RuntimeError(f"simulated crash at step {self.step}")
 
 
 def test_a_damaged_checkpoint_is_passed_over_for_the_one_before(tmp_path, stories260k_dir, dummy_conversations,

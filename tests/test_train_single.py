@@ -6,8 +6,14 @@ import json
 
 import pytest
 import torch
-from train_support import FASTCHAT_README_FLAGS, logged_losses, one_thread, small_run, write_cls_data
-from transformers import TrainerCallback
+from train_support import (
+    FASTCHAT_README_FLAGS,
+    CrashAtStep,
+    logged_losses,
+    one_thread,
+    small_run,
+    write_cls_data,
+)
 
 from llama_hw.backends import get_backend
 from llama_hw.errors import run_cli
@@ -97,15 +103,6 @@ def test_lora_training_continues_from_a_saved_adapter(lora_run, tmp_path, storie
     assert read_run_metadata(out)["finetuning_type"] == "lora"
     # it starts where the first run ended (its first batch is the first run's first batch)
     assert logged_losses(out)[0] < 0.5 * logged_losses(lora_run)[0]
-
-
-class CrashAtStep(TrainerCallback):
-    def __init__(self, step: int):
-        self.step = step
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == self.step:
-            raise RuntimeError(f"simulated crash at step {self.step}")
 
 
 def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path, stories260k_dir, dummy_conversations,

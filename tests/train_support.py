@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO, subprocess_env
+from transformers import TrainerCallback
 
 # FastChat's README command for Vicuna-7B on 4 GPUs ("Fine-tuning Vicuna-7B with Local GPUs"), verbatim
 # but for the three paths, which name things that do not exist here.
@@ -178,3 +179,14 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+class CrashAtStep(TrainerCallback):
+    """Stops a run by raising at the end of optimizer step `step`, as a crash would."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            raise RuntimeError(f"simulated crash at step {self.step}")
