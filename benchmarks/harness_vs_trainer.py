@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 from llama_hw.utils.shared import shared_path
@@ -126,7 +127,8 @@ def main() -> None:
     parser.add_argument("--output", type=Path, help="write every run and the summary here as JSON")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="llama_hw_harness_vs_trainer_"))
-    report = {"machine": {"cpu": _cpu(), "cpus": os.cpu_count()}, "config": vars(args) | {"output": None}, "runs": []}
+    report = {"machine": {"cpu": _cpu(), "cpus": os.cpu_count()}, "config": vars(args) | {"output": None},
+              "started_at": _now(), "runs": []}  # fmt: skip
     try:
         model = save_model(work / "bench-20m")
         for padding in args.padding:
@@ -143,6 +145,7 @@ def main() -> None:
                           flush=True)  # fmt: skip
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    report["ended_at"] = _now()
     report["summary"] = {}
     for padding in args.padding:
         summary = {}
@@ -156,6 +159,10 @@ def main() -> None:
         report["summary"][padding] = summary
     if args.output:
         args.output.write_text(json.dumps(report, indent=1) + "\n")
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def _cpu() -> str:
