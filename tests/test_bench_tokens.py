@@ -7,7 +7,7 @@ import torch
 import pytest
 
 from llama_hw.bench.tokens import TokenCounter, TokenCounts, count_batch
-from llama_hw.bench.work import CPU_VARLEN, DENSE, PER_SEQUENCE, SDPA, WorkLayout
+from llama_hw.bench.work import CPU_VARLEN, DENSE, NPU_TND, PER_SEQUENCE, SDPA, WorkLayout
 
 X = -100  # a position without a label
 
@@ -29,6 +29,8 @@ def test_right_padded_batch():
 
 RIGHT_PADDED = {"input_ids": torch.ones(2, 6, dtype=torch.long),
                 "attention_mask": torch.tensor([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1]])}  # fmt: skip
+LEFT_PADDED = {"input_ids": torch.ones(2, 6, dtype=torch.long),
+               "attention_mask": torch.tensor([[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]])}  # fmt: skip
 FULL_ROWS = {"input_ids": torch.ones(2, 6, dtype=torch.long), "attention_mask": torch.ones(2, 6, dtype=torch.long)}
 PACKED = {"input_ids": torch.ones(1, 8, dtype=torch.long), "position_ids": torch.tensor([[0, 1, 2, 0, 1, 0, 1, 2]]),
           "labels": torch.tensor([[X, 5, 6, X, 7, X, X, X]])}  # fmt: skip
@@ -50,6 +52,13 @@ PACKED = {"input_ids": torch.ones(1, 8, dtype=torch.long), "position_ids": torch
     (PACKED, WorkLayout(SDPA), 64),
     (PACKED, WorkLayout(PER_SEQUENCE), 6 + 3 + 6),
     (PACKED, WorkLayout(CPU_VARLEN, pair_dims=1), 6 + 3 + 6),
+    # npu_fusion_attention: TND per document for right padding and packed rows; left padding runs BNSD
+    # with the full mask (every pair), rows without padding the causal triangle either way
+    (RIGHT_PADDED, WorkLayout(NPU_TND), 10 + 21),
+    (LEFT_PADDED, WorkLayout(NPU_TND), 2 * 36),
+    (LEFT_PADDED, WorkLayout(PER_SEQUENCE), 10 + 21),
+    (FULL_ROWS, WorkLayout(NPU_TND), 2 * 21),
+    (PACKED, WorkLayout(NPU_TND), 6 + 3 + 6),
 ])  # fmt: skip
 def test_attention_pairs_per_layout_by_hand(batch, layout, pairs):
     assert counts(**batch, layout=layout).attention_pairs == pairs
@@ -122,3 +131,4 @@ def test_the_counter_adds_up_training_forwards_only():
     model.train()
     model(**batch)
     assert counter.take() == TokenCounts()
+

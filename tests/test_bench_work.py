@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from llama_hw.bench.work import CPU_VARLEN, DENSE, PER_SEQUENCE, SDPA, work_layout
+from llama_hw.bench.work import CPU_VARLEN, DENSE, NPU_TND, PER_SEQUENCE, SDPA, work_layout
 from llama_hw.patches.report import PatchOutcome, PatchReport
 
 
@@ -39,11 +39,11 @@ def test_varlen_attention_off_cpu_never_splits_padded_batches():
     assert layout.attention == CPU_VARLEN and layout.pair_dims == 0  # count_batch: padded -> dense, packed -> varlen
 
 
-def test_npu_fusion_attention_counts_per_sequence_only_with_its_tnd_path():
+def test_npu_fusion_attention_counts_per_document_only_with_its_tnd_path():
     bnsd = work_layout(report("npu_fusion_attention", replaces="attention implementation -> npu_fusion_attention"))
     assert bnsd.attention == SDPA and "BNSD" in bnsd.why
     tnd = work_layout(report("npu_fusion_attention", replaces="npu_fusion_attention (TND varlen for packed rows)"))
-    assert tnd.attention == PER_SEQUENCE
+    assert tnd.attention == NPU_TND  # count_batch: per document for packed and right-padded rows, else BNSD
 
 
 def test_liger_saves_memory_not_work():

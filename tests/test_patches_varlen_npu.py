@@ -201,13 +201,83 @@ def test_packed_rows_under_inference_mode(npu, gqa_model):
     assert calls["TND sparse_mode=3"] == model.config.num_hidden_layers
 
 
-def test_varlen_layout_drops_empty_rows_and_leaves_too_many_documents_dense():
-    from llama_hw.patches.npu_attention import MAX_VARLEN_DOCUMENTS, varlen_layout
+def test_varlen_layout_drops_empty_rows_and_leaves_left_padding_dense():
+    from llama_hw.patches.npu_attention import varlen_layout
 
     mask = torch.tensor([[1, 1, 1, 0], [0, 0, 0, 0], [1, 0, 0, 0]])
     lengths, keep = varlen_layout(mask, {}, 3, 4)
     assert lengths == [3, 1] and keep.tolist() == [0, 1, 2, 8]  # the all-padding row is no document
     assert varlen_layout(torch.tensor([[0, 1, 1, 1]]), {}, 1, 4) is None  # left padding: dense BNSD
-    many = MAX_VARLEN_DOCUMENTS + 1  # actual_seq_qlen holds at most 1K entries
-    assert varlen_layout(None, {"position_ids": torch.zeros(1, many, dtype=torch.long)}, 1, many) is None
-    assert varlen_layout(None, {"position_ids": torch.zeros(1, many - 1, dtype=torch.long)}, 1, many - 1)
+
+
+def test_more_documents_than_one_call_takes_run_as_several_tnd_calls(npu, gqa_model, monkeypatch):
+    """actual_seq_qlen holds at most 1K entries: a batch with more documents is split into groups of documents
+    (here of at most 2, so that the 4 documents of DOCUMENTS need 2 calls a layer), still equal to eager."""
+    import llama_hw.patches.npu_attention as npu_attention
+
+    calls, _ = npu
+    monkeypatch.setattr(npu_attention, "MAX_VARLEN_DOCUMENTS", 2)
+    model = fresh_copy(gqa_model).train()
+    inputs, _ = packed_inputs(model.config.vocab_size, with_boundaries=False)
+    reference = packed_forward_backward(model, inputs)
+    report = apply_patches(model, NpuBackend(), "train", selection=KEEP_LOGITS)
+    try:
+        patched = packed_forward_backward(model, inputs)
+    finally:
+        report.revert()
+    assert calls["TND sparse_mode=3"] == 2 * model.config.num_hidden_layers, dict(calls)
+    assert calls["TND actual_seq_qlen"] == [1, 33]  # the last group: the one-token document, the full row
+    close = {"rtol": 1e-5, "atol": 1e-5}
+    for mine, theirs in zip(patched[:2], reference[:2]):
+        torch.testing.assert_close(mine, theirs, **close)
+    for name, grad in reference[2].items():
+        torch.testing.assert_close(patched[2][name], grad, **close, msg=lambda m, n=name: f"{n}: {m}")
+
+
+def kernel_pairs(args, kwargs) -> int:
+    """Query/key pairs one npu_fusion_attention call computes, read from its arguments (op documentation):
+    TND sparse_mode 3 a causal triangle per document of actual_seq_qlen (cumulative ends); BNSD with a full
+    atten_mask (sparse_mode 0) every pair, with the compressed causal mask (sparse_mode 3) each row's triangle."""
+    if args[4] == "TND":
+        ends = [0, *kwargs["actual_seq_qlen"]]
+        return sum((b - a) * (b - a + 1) // 2 for a, b in zip(ends[:-1], ends[1:]))
+    batch, _, length, _ = args[0].shape
+    if kwargs.get("sparse_mode", 0) == 3:
+        return batch * length * (length + 1) // 2
+    return batch * length * length
+
+
+@pytest.mark.parametrize("side", ["right", "left", "packed"])
+def test_the_bench_counts_the_attention_pairs_the_npu_kernel_computes(fake_torch_npu, monkeypatch, gqa_model, side):
+    from llama_hw.bench.tokens import TokenCounts, count_batch
+    from llama_hw.bench.work import NPU_TND, work_layout
+
+    monkeypatch.setenv("FAKE_NPU_NAME", "Ascend910B3")
+    torch_npu = fake_torch_npu()
+    pairs = []
+    original = torch_npu.npu_fusion_attention
+
+    def counting(*args, **kwargs):
+        pairs.append(kernel_pairs(args, kwargs))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(torch_npu, "npu_fusion_attention", counting)
+    model = fresh_copy(gqa_model).train()
+    if side == "packed":
+        inputs, _ = packed_inputs(model.config.vocab_size, with_boundaries=False)
+    else:
+        ids, mask = padded_batch([ROW, 1, 19], ROW, side, model.config.vocab_size, seed=4)
+        inputs = {"input_ids": ids, "attention_mask": mask, "labels": ids.masked_fill(mask == 0, -100)}
+    report = apply_patches(model, NpuBackend(), "train", selection=KEEP_LOGITS)
+    try:
+        layout = work_layout(report, model)
+        with torch.no_grad():
+            model(**inputs, use_cache=False)
+    finally:
+        report.revert()
+    assert layout.attention == NPU_TND
+    layers = model.config.num_hidden_layers
+    assert len(pairs) == layers and len(set(pairs)) == 1
+    counted = TokenCounts.from_list(count_batch(**inputs, layout=layout).tolist()).attention_pairs
+    expected = {"right": 32 * 33 // 2 + 1 + 19 * 20 // 2, "left": 3 * ROW * ROW, "packed": 55 + 231 + 1 + 528}[side]
+    assert counted == pairs[0] == expected

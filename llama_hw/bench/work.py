@@ -11,6 +11,8 @@ Attention (12 x layers x heads x head size FLOPs per query/key pair, forward and
 - `per-sequence`: each sequence's own causal triangle, n(n+1)/2 pairs: padded rows' text, packed rows'
   documents (the packed collator's padding segment is a sequence too: the kernels compute it). flash-attn's
   varlen path, FlexAttention's document mask, npu_fusion_attention's TND layout;
+- `npu-tnd`: llama_hw's `npu_fusion_attention` patch with its TND path: packed rows and right-padded
+  rows per sequence (as `per-sequence`); left-padded rows run BNSD with the full mask: every pair;
 - `cpu-varlen`: llama_hw's `varlen_attention` patch: packed rows per document; a padded batch is split per
   row only on CPU and only when splitting pays (`llama_hw.patches.varlen_attention.splitting_pays`), else
   (and always on CUDA) it runs as one dense masked call.
@@ -28,8 +30,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-DENSE, SDPA, PER_SEQUENCE, CPU_VARLEN = "dense", "sdpa", "per-sequence", "cpu-varlen"
-LAYOUTS = (DENSE, SDPA, PER_SEQUENCE, CPU_VARLEN)
+DENSE, SDPA, PER_SEQUENCE, CPU_VARLEN, NPU_TND = "dense", "sdpa", "per-sequence", "cpu-varlen", "npu-tnd"
+LAYOUTS = (DENSE, SDPA, PER_SEQUENCE, CPU_VARLEN, NPU_TND)
 
 # patch name -> layout, first match in applied order wins over the model's attention implementation
 PATCH_LAYOUTS = {
@@ -72,7 +74,7 @@ def npu_fusion_layout(outcome) -> tuple[str, str]:
     the BNSD path with a dense mask computes every pair. The patch says which in its report line."""
     text = f"{getattr(outcome, 'replaces', '')} {getattr(outcome, 'reason', '')}"
     if "TND" in text:
-        return PER_SEQUENCE, "npu_fusion_attention TND varlen"
+        return NPU_TND, "npu_fusion_attention: TND per document for packed and right-padded rows, BNSD otherwise"
     return SDPA, "npu_fusion_attention BNSD: dense mask for padded and packed batches, causal otherwise"
 
 

@@ -12,6 +12,8 @@ like `sdpa_attention_forward`.
     `actual_seq_kvlen` are the cumulative ends without a leading 0 (the last is T), and `sparse_mode=3`
     with the compressed 2048x2048 mask, as the op documentation states for variable-length causal
     attention (transformers' `npu_flash_attn_varlen_func` calls it the same way). Padding outputs are 0.
+    `actual_seq_qlen` takes at most 1K entries: more documents run as several calls of at most 1K each
+    (documents are independent, so the groups' outputs are simply concatenated).
   - dense rows, BNSD: left padding and KV-cache steps with padding take sparse_mode 0 with the full mask
     (torch_npu masks where True, transformers' mask attends where True, hence `~mask`); plain causal and
     chunks after a KV cache take sparse_mode 3 (rightDownCausal: new queries line up with the last keys;
@@ -69,7 +71,7 @@ def same_dtype(query, key, value):
 
 def varlen_layout(attention_mask, kwargs: dict, batch: int, length: int):
     """(document lengths, kept flat token indices or None) when the batch runs per document in TND: packed rows
-    (no mask) or right padding; None for dense rows (left padding, a 4-D mask, too many documents)."""
+    (no mask) or right padding; None for dense rows (left padding, a 4-D mask)."""
     keep = None
     if attention_mask is None:
         lengths = packed_lengths(kwargs, batch, length)
@@ -80,9 +82,14 @@ def varlen_layout(attention_mask, kwargs: dict, batch: int, length: int):
             lengths = [size for size in lengths if size]  # an all-padding row is no document
     else:
         return None
-    if not lengths or len(lengths) > MAX_VARLEN_DOCUMENTS:
+    if not lengths:
         return None
     return lengths, keep
+
+
+def document_groups(lengths: list[int]) -> list[list[int]]:
+    """`lengths` in consecutive groups of at most MAX_VARLEN_DOCUMENTS: one TND call each."""
+    return [lengths[start : start + MAX_VARLEN_DOCUMENTS] for start in range(0, len(lengths), MAX_VARLEN_DOCUMENTS)]
 
 
 def fusion_attention(torch_npu):
@@ -103,12 +110,17 @@ def fusion_attention(torch_npu):
         layout = varlen_layout(attention_mask, kwargs, batch, length) if is_causal and key.shape[2] == length else None
         if layout is not None:
             lengths, keep = layout
-            ends = list(itertools.accumulate(lengths))  # cumulative ends without a leading 0, the last = T
-            output = torch_npu.npu_fusion_attention(
-                to_tokens(query, keep), to_tokens(key, keep), to_tokens(value, keep), heads, "TND",
-                atten_mask=compressed_causal_mask(query.device), sparse_mode=3,
-                actual_seq_qlen=ends, actual_seq_kvlen=ends, **common,
-            )[0]  # fmt: skip
+            tokens = to_tokens(query, keep), to_tokens(key, keep), to_tokens(value, keep)
+            outputs, start = [], 0
+            for group in document_groups(lengths):
+                ends = list(itertools.accumulate(group))  # cumulative ends without a leading 0, the last = T
+                group_tokens = (states[start : start + ends[-1]] for states in tokens)
+                outputs.append(torch_npu.npu_fusion_attention(
+                    *group_tokens, heads, "TND", atten_mask=compressed_causal_mask(query.device), sparse_mode=3,
+                    actual_seq_qlen=ends, actual_seq_kvlen=ends, **common,
+                )[0])  # fmt: skip
+                start += ends[-1]
+            output = outputs[0] if len(outputs) == 1 else torch.cat(outputs)
             return from_tokens(output, keep, batch, length), None
         mask_arguments = {}
         if attention_mask is not None:
