@@ -7,7 +7,9 @@ when a model does not fit on one. Remote code runs only when the caller asks for
 
 from __future__ import annotations
 
+import contextlib
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -159,6 +161,15 @@ def _weights_kwargs(base: Path) -> dict[str, Any]:
     return {"use_safetensors": True} if has_safetensors else {"weights_only": True}
 
 
+@contextlib.contextmanager
+def peft_deprecations_hidden():
+    """peft 0.21 reads `model.is_gradient_checkpointing`, which transformers 5 deprecated: a FutureWarning
+    about peft's code on every adapter load, which the user can do nothing about."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield
+
+
 def apply_adapter(model, adapter: Path, merge: bool):
     """Wrap `model` with the LoRA adapter at `adapter`; raise UsageError if it was trained on another model."""
     from peft import PeftModel
@@ -166,7 +177,7 @@ def apply_adapter(model, adapter: Path, merge: bool):
 
     check_adapter_dir(adapter)
     try:
-        with loading_errors(adapter):
+        with loading_errors(adapter), peft_deprecations_hidden():
             peft_model = PeftModel.from_pretrained(model, str(adapter), is_trainable=False)
     except (RuntimeError, ValueError, KeyError) as err:
         lines = [line.strip() for line in str(err).splitlines() if line.strip()] or [type(err).__name__]

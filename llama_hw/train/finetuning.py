@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 
 from llama_hw.train.arguments import ALL_LINEAR, FinetuningArguments
@@ -49,12 +48,11 @@ def apply_finetuning(model, args: FinetuningArguments, *, task: str, gradient_ch
         return model
     from peft import PeftModel, get_peft_model, prepare_model_for_kbit_training
 
+    from llama_hw.models.loading import peft_deprecations_hidden
+
     if args.finetuning_type == "qlora":
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
-    with warnings.catch_warnings():
-        # peft 0.21 reads `model.is_gradient_checkpointing`, which transformers 5 deprecated: a FutureWarning
-        # on every LoRA run about peft's code, which the user can do nothing about.
-        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+    with peft_deprecations_hidden():
         if args.lora_weight_path:
             model = PeftModel.from_pretrained(model, args.lora_weight_path, is_trainable=True)
         else:
