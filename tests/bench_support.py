@@ -31,10 +31,10 @@ CONFIG = {"model": "bench-20m", "seq_len": 2048, "micro_batch": 4, "grad_accum":
 
 def record(name: str, effective: float, processed: float | None = None, losses=(2.0, 1.5, 1.0), config=None,
            **extra) -> dict:  # fmt: skip
-    """A `bench run` result (schema 2) with the keys compare/parity read; numbers as given."""
+    """A `bench run` result (schema 3) with the keys compare/parity read; numbers as given."""
     processed = effective if processed is None else processed
     return {
-        "schema": 2,
+        "schema": 3,
         "name": name,
         "device": {"backend": "cpu", "product": "Test CPU", "count": 1},
         "tokens_per_s_per_device": {"processed": processed, "effective": effective, "trained": effective / 2},

@@ -67,6 +67,14 @@ def test_compare_reads_schema_1_records_without_their_mfu(tmp_path, capsys):
     assert table_rows(capsys.readouterr().out)["old"][2] == "-"  # counted skipped work: not shown as MFU
 
 
+def test_compare_drops_schema_2_model_flops_whose_definition_changed(tmp_path, capsys):
+    old = record("old", 100)
+    old.update(schema=2, mfu=0.4, model_flops_utilization=1.02)  # charged unlabelled rows' head: over 100 %
+    assert main(["compare", str(write_jsonl(tmp_path / "r.jsonl", old))]) == 0
+    row = table_rows(capsys.readouterr().out)["old"]
+    assert row[2] == "40.0 %" and row[7] == "-"  # executed MFU kept, the old model FLOPs figure not shown
+
+
 def test_compare_into_a_closed_pipe_has_no_traceback(tmp_path):
     runs = write_jsonl(tmp_path / "r.jsonl", *(record(f"run {i}", 100 + i) for i in range(3000)))
     command = f"{sys.executable} -m llama_hw.bench compare {runs} | head -1"

@@ -58,8 +58,8 @@ def test_executed_work_and_model_flops_of_a_padded_batch_by_hand():
     # the layers run on all 12 positions; the chunked head on the 5 labelled ones, the stock head on all 12
     assert model.executed(counts, head_labelled_only=True) == 10 * 12 + 100 * 5 + 31
     assert model.executed(counts, head_labelled_only=False) == 10 * 12 + 100 * 12 + 31
-    # classic model FLOPs: 6N (head included) per real token, attention as each text's full square
-    assert model.model_flops(counts) == (10 + 100) * 10 + 52
+    # model FLOPs: the layers on the 10 real tokens, the head on the 5 trained ones, each text's causal triangle
+    assert model.model_flops(counts) == 10 * 10 + 100 * 5 + (10 + 21)
     assert model.attention(counts) == 31 and model.head_rows(counts, True) == 5
 
 

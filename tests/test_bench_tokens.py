@@ -64,6 +64,21 @@ def test_attention_pairs_per_layout_by_hand(batch, layout, pairs):
     assert counts(**batch, layout=layout).attention_pairs == pairs
 
 
+@pytest.mark.parametrize("batch", [RIGHT_PADDED, LEFT_PADDED, FULL_ROWS, PACKED], ids=["right", "left", "full", "packed"])
+@pytest.mark.parametrize("layout", [DENSE, SDPA, PER_SEQUENCE, CPU_VARLEN, NPU_TND])
+@pytest.mark.parametrize("head_labelled_only", [False, True])
+def test_model_flops_never_exceed_the_work_any_layout_executes(batch, layout, head_labelled_only):
+    from llama_hw.bench.flops import FlopsModel
+
+    labels = batch.get("labels")
+    if labels is None:  # every next token of the text is a target
+        labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, X)
+    got = counts(**{**batch, "labels": labels}, layout=WorkLayout(layout, head_labelled_only, pair_dims=1))
+    # weights of a bench-20m-like model: the head costs more per row than the layers, attention little
+    flops = FlopsModel(body=6 * 11e6, head=6 * 8.2e6, attention_coefficient=12 * 8 * 256)
+    assert flops.model_flops(got) <= flops.executed(got, head_labelled_only)
+
+
 def test_left_padded_batch():
     input_ids = torch.tensor([[0, 0, 1, 5, 6]])
     attention_mask = torch.tensor([[0, 0, 1, 1, 1]])

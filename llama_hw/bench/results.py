@@ -23,7 +23,9 @@ from llama_hw.env import describe_origin
 
 # 2: `mfu` is executed-work MFU and `model_flops_utilization` the classic one (1 had `mfu` over processed
 # tokens and `mfu_effective`, both counting work that patches skip); `work`, `peak_source`, `rate_stability`.
-SCHEMA_VERSION = 2
+# 3: `model_flops_utilization` charges the head at the trained positions and attention as causal triangles,
+# the least a correct implementation computes (2 charged every real token's head row and the n x n square).
+SCHEMA_VERSION = 3
 REQUIRED_KEYS = (
     "name", "device", "tokens_per_s_per_device", "mfu", "model_flops_utilization", "step_time_s", "first_step_s",
     "peak_memory_bytes", "losses", "config", "versions",
@@ -192,15 +194,21 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
         if not isinstance(record, dict) or missing:
             what = ", ".join(missing) if isinstance(record, dict) else "JSON object"
             raise DataError(f"{path}:{number}: not a `bench run` result (no {what})")
-        records.append(upgrade(record) if schema_1 else record)
+        records.append(upgrade(record, schema=1 if schema_1 else record.get("schema", SCHEMA_VERSION)))
     return records
 
 
-def upgrade(record: dict[str, Any]) -> dict[str, Any]:
-    """A schema-1 record, readable next to new ones: its MFU figures counted skipped work (see SCHEMA_VERSION),
-    so they are dropped rather than shown beside executed-work MFU."""
+def upgrade(record: dict[str, Any], schema: int) -> dict[str, Any]:
+    """An older record, readable next to new ones: figures whose definition changed (see SCHEMA_VERSION) are
+    dropped rather than shown beside today's under the same name; the old values stay under `schema_N_...`."""
+    if schema >= SCHEMA_VERSION:
+        return record
     record = dict(record)
-    record.update(mfu=None, model_flops_utilization=None, schema_1_mfu=record.get("mfu"))
+    if schema == 1:
+        record.update(mfu=None, model_flops_utilization=None, schema_1_mfu=record.get("mfu"))
+    else:
+        record.update(model_flops_utilization=None,
+                      schema_2_model_flops_utilization=record.get("model_flops_utilization"))  # fmt: skip
     return record
 
 
@@ -223,7 +231,7 @@ def summary(record: dict[str, Any]) -> str:
         f"{rates['trained']:,.0f} trained ({percent(tokens['padding_fraction'])} padding); "
         f"{record['samples_per_s_per_device']:.2f} samples/s/device",
         f"  MFU {percent(record['mfu'])} of the work executed, model FLOPs utilisation "
-        f"{percent(record['model_flops_utilization'])} (6N + attention per real token), of "
+        f"{percent(record['model_flops_utilization'])} (the work the text and loss need), of "
         + (f"{record['peak_tflops']:.3g} TFLOP/s peak" if record["peak_tflops"] else "an unknown peak")
         + f" [{describe_origin(record['peak_source'])}]",
         f"  work per device and step: {record['work']['flops_per_device_step'] / 1e12:.4g} TFLOP, attention "
