@@ -91,8 +91,28 @@ def test_the_targets_are_judged_from_the_medians_and_a_miss_says_so():
     lines = "\n".join(run_cpu.targets(rows))
     assert "| 1,000 / 100 = **10.0x** | met |" in lines
     assert "| 1,400 / 1,000 = **1.40x** (ShareGPT: 1.70x) | **not met** |" in lines
-    assert "classic **52.0 %**, executed 45.0 % | met (classic, the papers' sense) |" in lines
-    assert "| largest executed 50.0 %, classic 52.0 % | met |" in lines
+    assert "model FLOPs **52.0 %**, executed 45.0 % | met |" in lines
+    assert "| largest executed 50.0 %, model FLOPs 52.0 % | met |" in lines
     assert run_cpu.targets(rows_by_config(records[:1])[0]) == [
         "| target | measured here | |", "|---|---|---|", "| no MFU above 100 % | largest executed 50.0 %, "
-        "classic 50.0 % | met |"]  # fmt: skip
+        "model FLOPs 50.0 % | met |"]  # fmt: skip
+
+
+def test_readme_edits_made_while_the_runs_measured_are_kept(tmp_path, monkeypatch):
+    output = write_jsonl(tmp_path / "cpu_latest.jsonl", *runs())
+    peak_file = tmp_path / "peak.json"
+    peak_file.write_text(json.dumps(PEAK))
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{run_cpu.BEGIN}\nold\n{run_cpu.END}\n")
+    table = run_cpu.table
+
+    def table_after_an_edit(*args):  # somebody edits the README during the hour of measuring
+        readme.write_text(readme.read_text() + "notes written meanwhile\n")
+        return table(*args)
+
+    monkeypatch.setattr(run_cpu, "table", table_after_an_edit)
+    monkeypatch.setattr(sys, "argv", ["run_cpu.py", "--table-only", "--output", str(output), "--peak-file",
+                                      str(peak_file), "--table", str(tmp_path / "t.md"), "--readme", str(readme)])
+    run_cpu.main()
+    text = readme.read_text()
+    assert text.endswith(f"{run_cpu.END}\nnotes written meanwhile\n") and "\nold\n" not in text

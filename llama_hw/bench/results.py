@@ -21,7 +21,7 @@ from llama_hw.bench.meter import Measurement
 from llama_hw.bench.stability import SPREAD_WARNING
 from llama_hw.env import describe_origin
 
-# 2: `mfu` is executed-work MFU and `model_flops_utilization` the classic one (1 had `mfu` over processed
+# 2: `mfu` is executed-work MFU and `model_flops_utilization` model FLOPs (1 had `mfu` over processed
 # tokens and `mfu_effective`, both counting work that patches skip); `work`, `peak_source`, `rate_stability`.
 # 3: `model_flops_utilization` charges the head at the trained positions and attention as causal triangles,
 # the least a correct implementation computes (2 charged every real token's head row and the n x n square).

@@ -7,7 +7,7 @@
   chunked head computes).
 
 Attention is counted in query/key pairs two ways (see llama_hw/bench/work.py for the layouts):
-- effective_squared: n^2 per real sequence (the classic model-FLOPs context: each token over its own text);
+- effective_squared: n^2 per real sequence (with `effective`, the causal pairs of the text: model FLOPs);
 - attention_pairs: the pairs the kernel of the run's layout executes for this batch.
 A sequence of length n at positions 0..n-1 has n^2 = sum of (2p + 1) and n(n+1)/2 = sum of (p + 1), so the
 sums are token-wise and need no host copy.
