@@ -5,8 +5,8 @@ row of their medians, with the number of runs. Runs that share a name but differ
 sequence length, micro batch, padding, data, patches, ...) stay apart: "NAME [2]", with a note naming the
 fields. "tokens/s/p" is effective tokens (no padding) per second per device; "MFU" is executed-work MFU
 (the FLOPs the kernels ran, llama_hw/bench/work.py) and "model FLOPs" the utilisation by the work the
-text and loss need (llama_hw/bench/flops.py); "attention" and "head rows" are the executed attention TFLOP and the head's
-rows per device and step, where a patch's saving shows. The processed rate, which counts padding as the
+text and loss need (llama_hw/bench/flops.py); "attention" and "head rows" are the executed attention
+TFLOP and the head's rows per device and step, where a patch's saving shows. The processed rate, which counts padding as the
 Ascend port's numbers did, has its own column. Records of schema 1 (before executed-work accounting) show
 no MFU: theirs counted work that patches skip.
 """

@@ -10,7 +10,7 @@ Attention (12 x layers x heads x head size FLOPs per query/key pair, forward and
   (the kernels skip the blocks above the diagonal: n(n+1)/2 pairs per row), any other batch a dense mask;
 - `per-sequence`: each sequence's own causal triangle, n(n+1)/2 pairs: padded rows' text, packed rows'
   documents (the packed collator's padding segment is a sequence too: the kernels compute it). flash-attn's
-  varlen path, FlexAttention's document mask, npu_fusion_attention's TND layout;
+  varlen path, FlexAttention's document mask;
 - `npu-tnd`: llama_hw's `npu_fusion_attention` patch with its TND path: packed rows and right-padded
   rows per sequence (as `per-sequence`); left-padded rows run BNSD with the full mask: every pair;
 - `cpu-varlen`: llama_hw's `varlen_attention` patch: packed rows per document; a padded batch is split per
