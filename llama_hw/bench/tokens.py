@@ -56,11 +56,9 @@ def count_batch(input_ids: torch.Tensor, attention_mask: torch.Tensor | None = N
     within = columns  # each position's index inside the sequence the attention sees
     attended = torch.ones_like(input_ids, dtype=torch.bool)  # positions a per-sequence kernel computes
     padded = packed = torch.zeros((), dtype=torch.bool, device=device)
-    right_padded = torch.ones((), dtype=torch.bool, device=device)  # every row: text, then padding
     if attention_mask is not None and attention_mask.dim() == 2:
         real = attended = attention_mask.bool()
         padded = ~real.all()
-        right_padded = (columns < real.sum(1, keepdim=True)).eq(real).all()
         samples = real.any(1).sum()
         within = real_within = real.long().cumsum(1) - 1  # position inside its row's text (left or right padding)
     else:
@@ -95,6 +93,7 @@ def count_batch(input_ids: torch.Tensor, attention_mask: torch.Tensor | None = N
         pays = (dense - effective_squared) * layout.pair_dims > CALL_COST * texts
         pairs = torch.where(padded & ~pays, dense, per_sequence)
     elif layout.attention == NPU_TND:  # TND per document; left padding runs BNSD with the full mask
+        right_padded = (columns < attended.sum(1, keepdim=True)).eq(attended).all()  # every row: text, then padding
         pairs = torch.where(right_padded, per_sequence, dense)
     elif layout.attention == PER_SEQUENCE:
         pairs = per_sequence
